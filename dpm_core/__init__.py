@@ -1,0 +1,90 @@
+r"""dpm_core: reference parts for deep continuous latent variable models.
+
+A latent variable model is a joint density p(z, x) = p(z) p(x|z): a prior
+over a code z and an observation model that decodes z into a distribution
+over images x. Its marginal p(x) = \int p(z) p(x|z) dz is intractable once the
+decoder is a neural network, so we train it together with an approximate
+posterior q(z|x) on the evidence lower bound
+
+    ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)) = -D - R  <=  log p(x),
+
+where D is the distortion and R the rate.
+
+Two gradient estimators
+-----------------------
+The gradient of E_q[f(z)] with respect to q's parameters lambda has two
+standard Monte Carlo estimators, and the course uses both:
+
+* **pathwise** (the reparameterisation trick): when z can be written as a
+  differentiable function of lambda and parameter-free noise, e.g.
+  z = mu + sigma * eps, autograd differentiates through the sample. In
+  ``torch.distributions`` this is ``rsample``. Low variance; needs a
+  reparameterisable q (Gaussians, not mixtures or discrete codes).
+* **score function** (REINFORCE / NVIL): E_q[f(z) grad log q(z|x)]. Works
+  for any q that can score its own samples, but is noisy; control variates
+  (:mod:`dpm_core.variance`) subtract a baseline from f to tame it.
+
+:class:`NVIL` picks the pathwise estimator when ``q.has_rsample`` and the
+score-function estimator otherwise.
+
+Modules
+-------
+============  ===========================================================
+priors        p(z): :class:`GaussianPriorNet`, :class:`MoGPriorNet`
+networks      encoders and decoders (FFNN and CNN) for structured batches
+conditionals  CPD nets: Gaussian and MoG families, image models p(x|z)
+joint         :class:`JointDistribution` p(z) p(x|z)
+inference     :class:`InferenceModel` q(z|x)
+variance      control variates for the score-function estimator
+kl            closed-form and Monte Carlo KL
+nvil          :class:`NVIL`, the objective and its estimators
+ppca          probabilistic PCA, the linear-Gaussian model with exact answers
+vae           the compact first VAE (``reparametrise``, ``loss_func``)
+training      :func:`train_vae`, :func:`assess`, :class:`OptCollection`
+data          tensor-resident FashionMNIST / MNIST
+plotting      image grids, training curves, latent scatter plots
+============  ===========================================================
+
+Shape letters
+-------------
+Shape comments such as ``# [S, B, K]`` use: S samples, B batch, C mixture
+components (or image channels, where the context is an image), K latent size,
+D data dimensions, H hidden size. ``batch_shape`` and ``event_shape`` follow
+``torch.distributions``: every ``log_prob`` returns one number per batch element.
+"""
+
+from .conditionals import BinarizedImageModel, ContinuousImageModel, CPDNet, GaussianCPDNet, MoGCPDNet
+from .data import Binarizer, DataSplits, ImageData, load_data, load_fashion_mnist, load_mnist, read_idx
+from .inference import InferenceModel
+from .joint import JointDistribution
+from .kl import KL, kl_or_mc, mc_kl
+from .networks import (
+    FlattenImage,
+    MySequential,
+    ReshapeLast,
+    build_cnn_decoder,
+    build_cnn_encoder,
+    build_ffnn_decoder,
+    build_ffnn_encoder,
+)
+from .nvil import NVIL
+from .ppca import PPCA, LinearGaussianCPDNet
+from .priors import CategoricalPriorNet, GaussianPriorNet, MoGPriorNet, PriorNet
+from .training import OptCollection, assess, default_device, seed_all, train_vae
+from .vae import VAE, loss_func, reparametrise
+from .variance import Baseline, CentredReward, CVChain, ScaledReward, SelfCritic, VarianceReduction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PriorNet", "GaussianPriorNet", "MoGPriorNet", "CategoricalPriorNet",
+    "CPDNet", "GaussianCPDNet", "MoGCPDNet", "BinarizedImageModel", "ContinuousImageModel",
+    "ReshapeLast", "FlattenImage", "MySequential",
+    "build_ffnn_decoder", "build_cnn_decoder", "build_ffnn_encoder", "build_cnn_encoder",
+    "JointDistribution", "InferenceModel",
+    "VarianceReduction", "CentredReward", "ScaledReward", "SelfCritic", "Baseline", "CVChain",
+    "NVIL", "KL", "mc_kl", "kl_or_mc",
+    "PPCA", "LinearGaussianCPDNet", "VAE", "reparametrise", "loss_func",
+    "seed_all", "default_device", "OptCollection", "assess", "train_vae",
+    "Binarizer", "DataSplits", "ImageData", "load_data", "load_fashion_mnist", "load_mnist", "read_idx",
+]

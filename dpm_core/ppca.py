@@ -1,0 +1,90 @@
+"""Probabilistic PCA: a linear-Gaussian latent variable model with exact answers.
+
+p(z) = N(0, I_K) and p(x|z) = N(W z + b, sigma^2 I_D) give the marginal
+p(x) = N(b, W W^T + sigma^2 I) and the posterior
+p(z|x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1}) with M = W^T W + sigma^2 I
+(Tipping & Bishop, 1999). Everything that VI and importance sampling only
+estimate is available here in closed form, which makes PPCA the reference for
+checking those estimators.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributions as td
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .conditionals import CPDNet
+from .joint import JointDistribution
+from .networks import _positive_int
+from .priors import GaussianPriorNet
+
+__all__ = ["LinearGaussianCPDNet", "PPCA"]
+
+
+class LinearGaussianCPDNet(CPDNet):
+    """p(x|z) = N(x | W z + b, sigma^2 I): the observation model of PPCA.
+
+    Args:
+        data_size: D.
+        latent_size: K.
+        sigma: the initial noise scale (trainable, kept positive by a softplus).
+    """
+
+    def __init__(self, data_size: int, latent_size: int, sigma: float = 1.0):
+        _positive_int("data_size", data_size)
+        _positive_int("latent_size", latent_size)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        super().__init__(data_size)
+        self.latent_size = latent_size
+        self.W = nn.Parameter(torch.randn(data_size, latent_size) / math.sqrt(latent_size))
+        self.b = nn.Parameter(torch.zeros(data_size))
+        self.raw_sigma = nn.Parameter(torch.tensor(math.log(math.expm1(sigma))))
+
+    @property
+    def sigma(self) -> Tensor:
+        return F.softplus(self.raw_sigma)
+
+    def forward(self, z: Tensor) -> td.Distribution:
+        """``Independent(Normal)`` with batch_shape ``z.shape[:-1]`` and event_shape ``(D,)``."""
+        loc = z @ self.W.T + self.b  # [..., D]
+        return td.Independent(td.Normal(loc, self.sigma.expand_as(loc)), 1)
+
+
+class PPCA(JointDistribution):
+    """The PPCA joint p(z) p(x|z) with its exact marginal and posterior.
+
+    Args:
+        data_size: D.
+        latent_size: K.
+        sigma: the initial noise scale.
+    """
+
+    def __init__(self, data_size: int, latent_size: int, sigma: float = 1.0):
+        super().__init__(GaussianPriorNet(latent_size),
+                         LinearGaussianCPDNet(data_size, latent_size, sigma))
+
+    def marginal(self) -> td.MultivariateNormal:
+        """p(x) = N(b, W W^T + sigma^2 I), batch_shape ``()`` and event_shape ``(D,)``."""
+        W, b, s2 = self.cpd_net.W, self.cpd_net.b, self.cpd_net.sigma ** 2
+        cov = W @ W.T + s2 * torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
+        return td.MultivariateNormal(b, covariance_matrix=cov)
+
+    def exact_log_marginal(self, x: Tensor) -> Tensor:
+        """log p(x) in closed form, shape ``x.shape[:-1]``."""
+        return self.marginal().log_prob(x)
+
+    def exact_posterior(self, x: Tensor) -> td.MultivariateNormal:
+        """p(z|x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1}), batch_shape ``x.shape[:-1]``,
+        event_shape ``(K,)``."""
+        W, b, s2 = self.cpd_net.W, self.cpd_net.b, self.cpd_net.sigma ** 2
+        K = W.shape[1]
+        M = W.T @ W + s2 * torch.eye(K, dtype=W.dtype, device=W.device)
+        mean = torch.linalg.solve(M, ((x - b) @ W).unsqueeze(-1)).squeeze(-1)  # [..., K]
+        cov = s2 * torch.linalg.inv(M)
+        return td.MultivariateNormal(mean, covariance_matrix=cov.expand(mean.shape[:-1] + (K, K)))

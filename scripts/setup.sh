@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up everything the course needs, idempotently: a virtual environment in .venv with the
+# package and its pinned dependencies, and the FashionMNIST files.
+# Usage: scripts/setup.sh            (called by `make main` and `make test`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.installed
+
+# 1. Python environment: reinstall only when pyproject.toml changed.
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+fi
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
+    echo "setup: installing the package and its dependencies (torch is large; first time only)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    echo "$want" > "$STAMP"
+fi
+
+# 2. Data: $DPM_DATA, ./data, Debian's package, then torchvision's download at run time.
+have_data() {
+    for d in "${DPM_DATA:-}" ./data ./data/FashionMNIST/raw /usr/share/datasets/fashion-mnist; do
+        [ -n "$d" ] && ls "$d"/train-images-idx3-ubyte* >/dev/null 2>&1 && return 0
+    done
+    return 1
+}
+if ! have_data; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian's dataset-fashion-mnist"
+        apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+            || echo "setup: apt-get could not install dataset-fashion-mnist; torchvision will try to download"
+    elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian's dataset-fashion-mnist with sudo"
+        sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+            || echo "setup: could not install dataset-fashion-mnist; torchvision will try to download"
+    else
+        echo "setup: FashionMNIST not found; torchvision will download it into ./data on first use"
+    fi
+fi

@@ -1,0 +1,236 @@
+"""Tests for dpm_core/training.py: seeding, devices, optimiser collections, assess and train_vae.
+
+The models are the reference VAE of :mod:`dpm_core.reference` at toy size (K = 2, hidden
+size 16) on 8x8 binary images held in an :class:`ImageData`: either random pixels, or
+noisy copies of two prototype images (a data set a VAE learns in a few hundred steps).
+
+Statistical policy (``assess``'s L against its ELBO): seed ``SEED``, ``IS_SAMPLES``
+importance samples per image, averaged over ``len(dev)`` images, with a tolerance of
+``L_TOLERANCE`` nats for the Monte Carlo error of the sampled rate inside L.
+"""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from dpm_core import training
+from dpm_core.data import ImageData
+from dpm_core.reference import build_reference_vae
+from dpm_core.training import OptCollection, assess, default_device, seed_all, train_vae
+
+SEED = 0
+IS_SAMPLES = 200
+L_TOLERANCE = 0.1
+SIZE = 8
+LOG_KEYS = {"training.loss", "training.ELBO", "training.D", "training.R", "training.cv_loss",
+            "dev.ELBO", "dev.D", "dev.R", "dev.L", "time"}
+
+
+def random_images(n: int) -> ImageData:
+    """n images of independent fair-coin pixels, statically binarised."""
+    pixels = torch.randint(0, 2, (n, 1, SIZE, SIZE), dtype=torch.uint8) * 255
+    return ImageData(pixels, torch.zeros(n, dtype=torch.int64), binarize="static")
+
+
+def prototype_images(n: int, flip: float = 0.05) -> ImageData:
+    """n noisy copies of two prototypes (left half on, top half on), each pixel flipped w.p. ``flip``."""
+    left = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    left[:, : SIZE // 2] = True
+    prototypes = torch.stack([left, left.T])  # [2, H, W]
+    labels = torch.arange(n) % 2
+    noise = torch.rand(n, SIZE, SIZE) < flip
+    pixels = (prototypes[labels] ^ noise).to(torch.uint8).mul(255).unsqueeze(1)  # [N, 1, H, W]
+    return ImageData(pixels, labels, binarize="static")
+
+
+def toy_vae():
+    return build_reference_vae(latent_size=2, hidden_size=16, width=SIZE, height=SIZE)
+
+
+def adam(model, lr=1e-2):
+    return OptCollection(torch.optim.Adam(model.gen_params(), lr=lr),
+                         torch.optim.Adam(model.inf_params(), lr=lr))
+
+
+# ----------------------------------------------------------------------------- seeding, devices
+
+
+def draws():
+    return random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()
+
+
+def test_seed_all_makes_every_generator_reproducible():
+    """Does seed_all(s) reset Python's, NumPy's and torch's generators, and do other seeds give other draws?"""
+    seed_all(123)
+    first = draws()
+    seed_all(123)
+    assert draws() == first
+    seed_all(124)
+    other = draws()
+    for a, b in zip(first, other):
+        assert a != b
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_seed_all_seeds_cuda():
+    """Does seed_all(s) also make CUDA draws reproducible?"""
+    seed_all(5)
+    first = torch.rand(3, device="cuda")
+    seed_all(5)
+    assert_close(torch.rand(3, device="cuda"), first)
+
+
+def test_default_device_is_the_fastest_available():
+    """Is default_device() cuda when CUDA is available, else mps when available, else cpu?"""
+    if torch.cuda.is_available():
+        expected = "cuda"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        expected = "mps"
+    else:
+        expected = "cpu"
+    assert default_device().type == expected
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu"),
+])
+def test_default_device_prefers_cuda_then_mps(monkeypatch, cuda, mps, expected):
+    """With availability faked, does default_device() choose cuda over mps over cpu?"""
+    monkeypatch.setattr(training.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(training.torch.backends.mps, "is_available", lambda: mps)
+    assert default_device().type == expected
+
+
+# ----------------------------------------------------------------------------- OptCollection
+
+
+@pytest.mark.parametrize("num_opts", [2, 3])
+def test_opt_collection_steps_and_zeroes_every_optimiser(num_opts):
+    """Do step() move the parameters of all optimisers and zero_grad() clear all their gradients?"""
+    params = [torch.nn.Parameter(torch.ones(2)) for _ in range(num_opts)]
+    opts = OptCollection(*[torch.optim.SGD([p], lr=0.5) for p in params])
+    sum((i + 1) * p.sum() for i, p in enumerate(params)).backward()
+    opts.step()
+    for i, p in enumerate(params):
+        assert_close(p.detach(), torch.full((2,), 1.0 - 0.5 * (i + 1)))
+    opts.zero_grad()
+    assert all(p.grad is None for p in params)
+
+
+# ----------------------------------------------------------------------------- assess
+
+
+def test_assess_reports_finite_figures_with_elbo_minus_d_minus_r(device):
+    """Does assess return finite ELBO, D, R, L with ELBO = -D - R, D > 0 and R >= 0?"""
+    model = toy_vae().to(device)
+    figures = assess(model, 3, random_images(20).to(device), batch_size=8)
+    assert set(figures) == {"ELBO", "D", "R", "L"}
+    assert all(np.isfinite(v) for v in figures.values())
+    assert_close(figures["ELBO"], -figures["D"] - figures["R"])
+    assert figures["D"] > 0 and figures["R"] >= 0
+
+
+def test_assess_importance_sampled_l_is_above_the_elbo(device):
+    """With a Gaussian q and IS_SAMPLES draws, is the average L at least the average ELBO (up to L_TOLERANCE)?"""
+    model = toy_vae().to(device)
+    torch.manual_seed(SEED)
+    figures = assess(model, IS_SAMPLES, prototype_images(16).to(device))
+    assert figures["L"] >= figures["ELBO"] - L_TOLERANCE, figures
+
+
+def test_assess_restores_the_training_mode():
+    """Does assess leave a model in training mode in training mode (and one in eval mode in eval mode)?"""
+    model = toy_vae()
+    assess(model, 1, random_images(4))
+    assert model.training
+    model.eval()
+    assess(model, 1, random_images(4))
+    assert not model.training
+
+
+def test_assess_rejects_an_empty_data_set():
+    """Is assessing on no data at all a ValueError, not a division by zero?"""
+    with pytest.raises(ValueError, match="at least one"):
+        assess(toy_vae(), 1, random_images(4).subset([]))
+
+
+# ----------------------------------------------------------------------------- train_vae
+
+
+def test_train_vae_log_and_step_counts(device):
+    """With max_steps=20 and check_every=10, does train_vae log every documented key, 20 steps and checks at 0, 10, 20?"""
+    model = toy_vae()
+    log = train_vae(model, adam(model), random_images(256), random_images(32), batch_size=64,
+                    num_epochs=10, check_every=10, sample_size_eval=2, device=device,
+                    max_steps=20, progress=False)
+    assert set(log) == LOG_KEYS
+    assert [step for step, _ in log["training.loss"]] == list(range(1, 21))
+    for key in LOG_KEYS - {"time"}:
+        assert all(np.isfinite(value) for _, value in log[key]), key
+    for key in ("dev.ELBO", "dev.D", "dev.R", "dev.L"):
+        assert [step for step, _ in log[key]] == [0, 10, 20], key
+    assert log["time"] >= 0
+    assert next(model.parameters()).device.type == device.type
+
+
+def test_train_vae_checks_the_dev_set_after_the_last_step():
+    """When the last step is not a multiple of check_every, is the dev set assessed once more at the end?"""
+    model = toy_vae()
+    log = train_vae(model, adam(model), random_images(256), random_images(16), batch_size=64,
+                    check_every=10, sample_size_eval=1, device="cpu", max_steps=25,
+                    progress=False)
+    assert [step for step, _ in log["dev.ELBO"]] == [0, 10, 20, 25]
+
+
+def test_train_vae_stops_at_the_end_of_the_epochs():
+    """Without max_steps, does train_vae take num_epochs * ceil(N / batch_size) steps?"""
+    model = toy_vae()
+    log = train_vae(model, adam(model), random_images(100), random_images(8), batch_size=32,
+                    num_epochs=2, check_every=100, sample_size_eval=1, device="cpu",
+                    progress=False)
+    assert log["training.loss"][-1][0] == 2 * 4
+    assert [step for step, _ in log["dev.ELBO"]] == [0, 8]
+
+
+def test_train_vae_without_time_takes_no_step():
+    """With time_budget=0, does train_vae stop before any training step, leaving the parameters as they were?"""
+    model = toy_vae()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    log = train_vae(model, adam(model), random_images(64), random_images(8), batch_size=16,
+                    sample_size_eval=1, device="cpu", time_budget=0, progress=False)
+    assert log.get("training.loss", []) == []
+    assert [step for step, _ in log["dev.ELBO"]] == [0]
+    for k, v in model.state_dict().items():
+        assert_close(v, before[k])
+
+
+def test_train_vae_log_has_every_key_even_without_steps():
+    """When no step is taken (time_budget=0), does the log still hold every documented key (empty training lists)?"""
+    model = toy_vae()
+    log = train_vae(model, adam(model), random_images(64), random_images(8), batch_size=16,
+                    sample_size_eval=1, device="cpu", time_budget=0, progress=False)
+    assert set(log) == LOG_KEYS
+    assert all(log[key] == [] for key in LOG_KEYS if key.startswith("training."))
+
+
+def test_train_vae_improves_the_dev_elbo(device):
+    """On noisy copies of two prototypes, is the dev ELBO after 200 steps higher than at step 0?"""
+    model = toy_vae()
+    log = train_vae(model, adam(model), prototype_images(256), prototype_images(64),
+                    batch_size=32, num_epochs=100, check_every=200, sample_size_eval=4,
+                    device=device, max_steps=200, progress=False)
+    (step0, elbo0), (step200, elbo200) = log["dev.ELBO"]
+    assert (step0, step200) == (0, 200)
+    # 64 pixels start near log 2 nats each (44 nats); the prototypes cost far less
+    assert elbo200 > elbo0 + 10, log["dev.ELBO"]
+
+
+def test_train_vae_leaves_the_model_in_eval_mode():
+    """After training on the cpu, is the model (and every submodule) in eval mode?"""
+    model = toy_vae()
+    train_vae(model, adam(model), random_images(64), random_images(8), batch_size=32,
+              sample_size_eval=1, device="cpu", max_steps=2, progress=False)
+    assert not any(m.training for m in model.modules())
