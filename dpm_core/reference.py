@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,39 +29,97 @@ from .nvil import NVIL
 from .priors import GaussianPriorNet
 from .training import OptCollection, assess, default_device, seed_all, train_vae
 
-__all__ = ["build_reference_vae", "main"]
+__all__ = ["build_reference_vae", "init_decoder_bias", "time_cosine", "main"]
+
+#: the figure the course promises for this job: test ELBO after 60 s on 2 CPU cores
+TARGET_ELBO = -130.0
 
 
-def build_reference_vae(latent_size: int = 32, hidden_size: int = 512, width: int = 28,
-                        height: int = 28) -> NVIL:
+def _gaussian_head(latent_size: int, num_inputs: int, hidden_size: Optional[int] = None,
+                   p_drop: float = 0.0) -> GaussianCPDNet:
+    """A GaussianCPDNet reading the encoder's features directly.
+
+    InferenceModel asks its CPD net for a ReLU layer of 2K units (the seed's
+    design); on top of a deep encoder that bottleneck only loses information
+    (about 4 nats of test ELBO at this budget), so the reference skips it.
+    """
+    return GaussianCPDNet(latent_size, num_inputs=num_inputs, hidden_size=None, p_drop=p_drop)
+
+
+def build_reference_vae(latent_size: int = 16, hidden_size: int = 256, width: int = 28,
+                        height: int = 28, p_drop: float = 0.0) -> NVIL:
     """The reference VAE: N(0, I) prior, Gaussian q(z|x), Bernoulli p(x|z), FFNN networks.
 
     Args:
         latent_size: K.
-        hidden_size: H of the decoder's and encoder's hidden layers.
+        hidden_size: H of the decoder's hidden layers; the encoder's hidden layers
+            have H units too and its output 2H.
         width: image width.
         height: image height.
+        p_drop: dropout rate of the decoder.
     """
     decoder = functools.partial(build_ffnn_decoder, hidden_size=hidden_size)
-    encoder = functools.partial(build_ffnn_encoder)
     return NVIL(
         JointDistribution(
             GaussianPriorNet(latent_size),
-            BinarizedImageModel(1, width, height, latent_size, decoder_type=decoder),
+            BinarizedImageModel(1, width, height, latent_size, decoder_type=decoder,
+                                p_drop=p_drop),
         ),
-        InferenceModel(GaussianCPDNet, latent_size, num_channels=1, width=width, height=height,
-                       hidden_size=2 * hidden_size, encoder_type=encoder),
+        InferenceModel(_gaussian_head, latent_size, num_channels=1, width=width, height=height,
+                       hidden_size=2 * hidden_size, encoder_type=build_ffnn_encoder),
     )
+
+
+@torch.no_grad()
+def init_decoder_bias(model: NVIL, images: torch.Tensor) -> None:
+    """Start the decoder's output bias at the logit of the mean training image.
+
+    The untrained decoder then already predicts the average image, and the
+    first steps go into modelling variation instead of the mean (a standard
+    trick; it gains about 2 nats at a 60 s budget).
+
+    Args:
+        model: an NVIL whose decoder ends in a linear layer with C*H*W outputs.
+        images: training images in [0, 1], ``[N] + data_shape``.
+    """
+    size = images[0].numel()
+    last = [m for m in model.gen_model.cpd_net.decoder.modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features == size]
+    if not last:
+        raise ValueError("the decoder has no linear output layer with one unit per pixel")
+    mean = images.float().mean(0).clamp(1e-3, 1 - 1e-3).flatten()
+    last[-1].bias.copy_(torch.logit(mean))
+
+
+def time_cosine(budget: float, floor: float = 0.03):
+    """A LambdaLR factor that decays from 1 to ``floor`` along a cosine over ``budget`` seconds.
+
+    Decaying by time rather than by steps ends the decay exactly when a
+    time-budgeted run ends, whatever the machine's speed. The clock starts at
+    the first call (when the scheduler is made).
+    """
+    start = None
+
+    def factor(step: int) -> float:
+        nonlocal start
+        now = time.perf_counter()
+        start = now if start is None else start
+        frac = min(1.0, (now - start) / budget)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return factor
 
 
 def main(argv: Optional[list] = None) -> dict:
     """Train, evaluate and plot; returns the figures it printed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="training time budget")
-    parser.add_argument("--latent-size", type=int, default=32)
-    parser.add_argument("--hidden-size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--latent-size", type=int, default=16)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--p-drop", type=float, default=0.0, help="decoder dropout")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
     parser.add_argument("--is-samples", type=int, default=1000,
                         help="importance samples per test image for log p(x)")
     parser.add_argument("--is-images", type=int, default=1000,
@@ -78,9 +137,13 @@ def main(argv: Optional[list] = None) -> dict:
     print(f"data: train {len(data.train)}, dev {len(data.dev)}, test {len(data.test)} images "
           f"of shape {data.train.image_shape}; device {device}; {torch.get_num_threads()} threads")
 
-    model = build_reference_vae(args.latent_size, args.hidden_size).to(device)
-    opts = OptCollection(torch.optim.Adam(model.gen_params(), lr=args.lr),
-                         torch.optim.Adam(model.inf_params(), lr=args.lr))
+    model = build_reference_vae(args.latent_size, args.hidden_size, p_drop=args.p_drop).to(device)
+    init_decoder_bias(model, torch.cat([x for x, _ in data.train.batches(10000)]))
+    gen = torch.optim.AdamW(model.gen_params(), lr=args.lr, weight_decay=args.weight_decay)
+    inf = torch.optim.AdamW(model.inf_params(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = time_cosine(args.seconds)
+    opts = OptCollection(gen, inf, schedulers=[torch.optim.lr_scheduler.LambdaLR(o, schedule)
+                                               for o in (gen, inf)])
     log = train_vae(model, opts, data.train, data.dev, batch_size=args.batch_size,
                     num_epochs=1000, check_every=200, sample_size_eval=1, device=device,
                     time_budget=args.seconds, progress=not args.no_progress,
@@ -95,8 +158,11 @@ def main(argv: Optional[list] = None) -> dict:
     with torch.no_grad():
         is_fig = assess(model, args.is_samples, subset, device=device, batch_size=50)
     eval_time = time.perf_counter() - start
+    verdict = "meets" if test["ELBO"] >= TARGET_ELBO else "misses"
     print(f"test ELBO  {test['ELBO']:8.2f} nats  (D {test['D']:.2f}, R {test['R']:.2f}; "
-          f"all {len(data.test)} test images, 1 sample)")
+          f"all {len(data.test)} test images, 1 sample; {verdict} the target of "
+          f"{TARGET_ELBO:.0f} after {args.seconds:.0f} s)")
+    print(f"dev ELBO   {log['dev.ELBO'][-1][1]:8.2f} nats  ({len(data.dev)} held-out training images)")
     print(f"test log p(x) >= {is_fig['L']:8.2f} nats  (importance sampling, {args.is_samples} "
           f"samples, first {len(subset)} test images; their ELBO {is_fig['ELBO']:.2f})")
     print(f"evaluation took {eval_time:.1f} s")

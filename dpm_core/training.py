@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,13 +41,16 @@ class OptCollection:
         inf: optimiser of ``model.inf_params()``.
         cv: optimiser of ``model.cv_params()``; only needed when the control
             variate has parameters (e.g. :class:`Baseline`).
+        schedulers: learning-rate schedulers that :meth:`step` advances after
+            the optimisers.
     """
 
     def __init__(self, gen: torch.optim.Optimizer, inf: torch.optim.Optimizer,
-                 cv: Optional[torch.optim.Optimizer] = None):
+                 cv: Optional[torch.optim.Optimizer] = None, schedulers: Sequence = ()):
         self.gen = gen
         self.inf = inf
         self.cv = cv
+        self.schedulers = list(schedulers)
 
     def _all(self):
         return [o for o in (self.gen, self.inf, self.cv) if o is not None]
@@ -59,6 +62,8 @@ class OptCollection:
     def step(self) -> None:
         for o in self._all():
             o.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
 
 
 def iterate_batches(data, batch_size: int, shuffle: bool = False,
