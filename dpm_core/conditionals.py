@@ -15,7 +15,7 @@ import math
 import torch.distributions as td
 from torch import Tensor, nn
 
-from .networks import ReshapeLast, build_ffnn_decoder, _positive_int, _probability
+from .networks import ReshapeLast, _positive_int, _positive_ints, _probability, build_ffnn_decoder
 from .priors import ShapeLike, _outcome_shape
 
 __all__ = [
@@ -131,9 +131,8 @@ class _ImageModel(CPDNet):
 
     def __init__(self, num_channels: int, width: int, height: int, latent_size: int,
                  decoder_type: Callable[..., nn.Module] = build_ffnn_decoder, p_drop: float = 0.0):
-        for name, value in [("num_channels", num_channels), ("width", width),
-                            ("height", height), ("latent_size", latent_size)]:
-            _positive_int(name, value)
+        _positive_ints(num_channels=num_channels, width=width,
+                       height=height, latent_size=latent_size)
         super().__init__((num_channels, height, width))
         self.latent_size = latent_size
         self.decoder = decoder_type(latent_size=latent_size, num_channels=num_channels,

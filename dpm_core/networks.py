@@ -35,6 +35,12 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
+def _positive_ints(**sizes) -> None:
+    """Check that every keyword argument is a positive int (see :func:`_positive_int`)."""
+    for name, value in sizes.items():
+        _positive_int(name, value)
+
+
 def _probability(name: str, value) -> float:
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
@@ -158,9 +164,8 @@ def build_ffnn_decoder(
         >>> build_ffnn_decoder(10, 1, 28, 28)(torch.zeros(3, 5, 10)).shape
         torch.Size([3, 5, 1, 28, 28])
     """
-    for name, value in [("latent_size", latent_size), ("num_channels", num_channels),
-                        ("width", width), ("height", height), ("hidden_size", hidden_size)]:
-        _positive_int(name, value)
+    _positive_ints(latent_size=latent_size, num_channels=num_channels,
+                   width=width, height=height, hidden_size=hidden_size)
     p_drop = _probability("p_drop", p_drop)
     return nn.Sequential(
         nn.Dropout(p_drop),
@@ -201,9 +206,8 @@ def build_cnn_decoder(
     Returns:
         A module mapping ``batch_shape + [K]`` to ``batch_shape + [C, H, W]``.
     """
-    for name, value in [("latent_size", latent_size), ("num_channels", num_channels),
-                        ("width", width), ("height", height), ("hidden_size", hidden_size)]:
-        _positive_int(name, value)
+    _positive_ints(latent_size=latent_size, num_channels=num_channels,
+                   width=width, height=height, hidden_size=hidden_size)
     p_drop = _probability("p_drop", p_drop)
     stages = _num_stages(height, width)
     base_h, base_w = math.ceil(height / 2**stages), math.ceil(width / 2**stages)
@@ -249,9 +253,7 @@ def build_ffnn_encoder(
     Returns:
         A module mapping ``batch_shape + [C, H, W]`` to ``batch_shape + [output_size]``.
     """
-    for name, value in [("num_channels", num_channels), ("width", width),
-                        ("height", height), ("output_size", output_size)]:
-        _positive_int(name, value)
+    _positive_ints(num_channels=num_channels, width=width, height=height, output_size=output_size)
     p_drop = _probability("p_drop", p_drop)
     hidden = max(1, output_size // 2)
     return nn.Sequential(
@@ -290,9 +292,7 @@ def build_cnn_encoder(
     Returns:
         A module mapping ``batch_shape + [C, H, W]`` to ``batch_shape + [output_size]``.
     """
-    for name, value in [("num_channels", num_channels), ("width", width),
-                        ("height", height), ("output_size", output_size)]:
-        _positive_int(name, value)
+    _positive_ints(num_channels=num_channels, width=width, height=height, output_size=output_size)
     p_drop = _probability("p_drop", p_drop)
     stages = _num_stages(height, width)
     layers: list[nn.Module] = []
