@@ -1,0 +1,47 @@
+"""nbgrader configuration: run nbgrader from the repository root.
+
+The instructor notebooks live in ``source/``, the student versions in
+``release/`` (both committed); everything nbgrader creates while grading
+(gradebook, submissions, autograded copies, feedback) lives under ``course/``
+and is ignored by git.
+The list of assignments is ``course/assignments.json``; nbgrader needs its
+own ``alembic`` command on the PATH (``.venv/bin``).
+
+A test or a script can point the same configuration at another folder by
+setting ``DPM_COURSE_ROOT``.
+"""
+
+import os
+import sys
+
+ROOT = os.environ.get("DPM_COURSE_ROOT") or os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "course"))  # the course's own nbgrader plugins
+
+c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
+
+c.CourseDirectory.root = ROOT
+c.CourseDirectory.course_id = "dpm-course"
+c.CourseDirectory.source_directory = "source"
+c.CourseDirectory.release_directory = "release"
+c.CourseDirectory.submitted_directory = os.path.join("course", "submitted")
+c.CourseDirectory.autograded_directory = os.path.join("course", "autograded")
+c.CourseDirectory.feedback_directory = os.path.join("course", "feedback")
+c.CourseDirectory.solution_directory = os.path.join("course", "solution")
+c.CourseDirectory.db_url = "sqlite:///" + os.path.join(ROOT, "course", "gradebook.db")
+
+# the student version: the header notebook on top, the usual stubs in solution regions
+c.IncludeHeaderFooter.header = os.path.join(HERE, "course", "header.ipynb")
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# grading runs every notebook top to bottom, with tiny training budgets (NBGRADER_EXECUTION)
+c.Execute.timeout = 300
+c.Execute.allow_errors = True
+
+# feedback shows the failure message of a hidden test, never its code
+from grading_plugins import HideHiddenTests  # noqa: E402
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
