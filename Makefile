@@ -1,15 +1,29 @@
-# The two commands of the README. Each sets up what it needs (scripts/setup.sh) first.
+# The two commands of the README, plus helpers. Each sets up what it needs (scripts/setup.sh) first.
 PY := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: main test setup
+.PHONY: main test setup pipeline reference lab
 
 setup:
 	@bash scripts/setup.sh
 
-## main: train the reference VAE for 60 s, print test ELBO and log p(x), write outputs/reference_vae.png
+## main: the instructor pipeline (release, simulated students, autograde, grades, feedback),
+##       then the reference VAE benchmark (60 s of training, test ELBO and log p(x))
 main: setup
+	$(PY) course/pipeline.py
 	$(PY) -m dpm_core.reference $(ARGS)
 
 ## test: run the test suite
-test: setup
+test:
+	@bash scripts/setup.sh --browser
 	$(PY) -m pytest $(ARGS)
+
+pipeline: setup
+	$(PY) course/pipeline.py
+
+reference: setup
+	$(PY) -m dpm_core.reference $(ARGS)
+
+## lab: JupyterLab with the nbgrader and widgets extensions
+lab: setup
+	.venv/bin/jupyter lab

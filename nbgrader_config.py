@@ -37,7 +37,6 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
 # grading runs every notebook top to bottom, with tiny training budgets (NBGRADER_EXECUTION)
 c.Execute.timeout = 300
-c.Execute.allow_errors = True
 
 # feedback shows the failure message of a hidden test, never its code
 from grading_plugins import HideHiddenTests  # noqa: E402

@@ -43,6 +43,8 @@ vae           the compact first VAE (``reparametrise``, ``loss_func``)
 training      :func:`train_vae`, :func:`assess`, :class:`OptCollection`
 data          tensor-resident FashionMNIST / MNIST
 plotting      image grids, training curves, latent scatter plots
+widgets       interactive latent explorer, interpolation and posterior views
+grading       helpers for the notebooks' self-checks and hidden tests
 ============  ===========================================================
 
 Shape letters

@@ -71,8 +71,15 @@ def expect_distribution(d, batch_shape: Iterable[int], event_shape: Iterable[int
            f"{what} should return a torch.distributions object, got {type(d).__name__}")
     if family is not None:
         expect(isinstance(d, family), f"{what} should be a {family.__name__}, got {type(d).__name__}")
-    expect(tuple(d.batch_shape) == tuple(batch_shape),
-           f"{what} has batch_shape {list(d.batch_shape)}, expected {list(batch_shape)}.")
+    batch_shape, event_shape = tuple(batch_shape), tuple(event_shape)
+    if tuple(d.batch_shape) == batch_shape + event_shape and tuple(d.event_shape) == ():
+        raise AssertionError(
+            f"{what} has batch_shape {list(d.batch_shape)} and event_shape [], expected "
+            f"{list(batch_shape)} and {list(event_shape)}; did you forget td.Independent "
+            f"over the outcome dimensions?")
+    expect(tuple(d.batch_shape) == batch_shape,
+           f"{what} has batch_shape {list(d.batch_shape)}, expected {list(batch_shape)}; "
+           f"does td.Independent reinterpret the right number of dimensions?")
     expect(tuple(d.event_shape) == tuple(event_shape),
            f"{what} has event_shape {list(d.event_shape)}, expected {list(event_shape)}; "
            f"did you forget td.Independent over the outcome dimensions?")

@@ -27,7 +27,6 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torchvision.utils import make_grid
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -186,6 +185,8 @@ def image_grid(images: Tensor, nrow: int = 16, padding: int = 2,
         images = images.float().clamp(0.0, 1.0)
     else:
         raise ValueError(f"images must be float, uint8 or bool, got dtype {images.dtype}")
+    from torchvision.utils import make_grid  # imported here: torchvision takes seconds to load
+
     grid = make_grid(images, nrow=nrow, padding=padding, pad_value=float(pad_value))  # [3, h, w]
     return grid.permute(1, 2, 0).numpy()
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the course needs, idempotently: a virtual environment in .venv with the
 # package and its pinned dependencies, and the FashionMNIST files.
-# Usage: scripts/setup.sh            (called by `make main` and `make test`)
+# Usage: scripts/setup.sh            (called by `make main`)
+#        scripts/setup.sh --browser  (called by `make test`: also Debian's chromium for the
+#                                     browser test of the widgets, when it can be installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,5 +42,16 @@ if ! have_data; then
             || echo "setup: could not install dataset-fashion-mnist; torchvision will try to download"
     else
         echo "setup: FashionMNIST not found; torchvision will download it into ./data on first use"
+    fi
+fi
+
+# 3. Chromium for the widgets' browser test (the test skips itself without it).
+if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian's chromium for the browser test"
+        { apt-get update -qq >/dev/null; apt-get install -y -qq chromium >/dev/null; } \
+            || echo "setup: could not install chromium; the browser test will be skipped"
+    else
+        echo "setup: /usr/bin/chromium not found; the browser test will be skipped"
     fi
 fi
