@@ -10,14 +10,20 @@ Reference:
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributions as td
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conditionals import CPDNet
+from .joint import JointDistribution
 from .kl import KL
 from .networks import _positive_int
+from .priors import GaussianPriorNet, ShapeLike, _outcome_shape
 
-__all__ = ["VAE", "reparametrise", "loss_func"]
+__all__ = ["VAE", "VAEModelView", "reparametrise", "loss_func"]
 
 
 def reparametrise(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -76,6 +82,7 @@ class VAE(nn.Module):
         super().__init__()
         _positive_int("input_dim", input_dim)
         _positive_int("z_dim", z_dim)
+        self.input_dim, self.z_dim = input_dim, z_dim
         sizes = [input_dim, *hidden_sizes]
         enc: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
@@ -99,3 +106,77 @@ class VAE(nn.Module):
         h = self.encoder(x)
         mu, logvar = self.mu(h), self.logvar(h)
         return self.decoder(self.reparametrise(mu, logvar)), mu, logvar
+
+    def as_latent_model(self, image_shape: ShapeLike = (1, 28, 28)) -> "VAEModelView":
+        """This VAE seen through the parts of :class:`~dpm_core.nvil.NVIL`.
+
+        The view shares this VAE's layers (it trains and moves with them), so the
+        tools written for NVIL models, such as the widgets of
+        :mod:`dpm_core.widgets`, work on it too.
+
+        Args:
+            image_shape: how the ``input_dim`` pixels form an image, ``(C, H, W)``.
+        """
+        return VAEModelView(self, image_shape)
+
+
+class _VAEPosterior(CPDNet):
+    """q(z|x) = N(mu(x), diag(exp(logvar(x)))) from a :class:`VAE`'s encoder, on images."""
+
+    def __init__(self, vae: VAE, image_shape: tuple):
+        super().__init__(vae.z_dim)
+        self.vae = vae
+        self.image_shape = image_shape
+
+    def forward(self, x: Tensor) -> td.Distribution:
+        """x: ``batch_shape + image_shape``; returns batch_shape and event_shape ``(K,)``."""
+        n = len(self.image_shape)
+        if x.dim() < n or tuple(x.shape[x.dim() - n:]) != self.image_shape:
+            raise ValueError(f"x must have shape batch_shape + {self.image_shape}, "
+                             f"got {tuple(x.shape)}")
+        h = self.vae.encoder(x.flatten(-n))
+        mu, logvar = self.vae.mu(h), self.vae.logvar(h)
+        return td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+class _VAEObservation(CPDNet):
+    """p(x|z) = prod Bernoulli(decoder(z)) from a :class:`VAE`'s decoder, as images."""
+
+    def __init__(self, vae: VAE, image_shape: tuple):
+        super().__init__(image_shape)
+        self.vae = vae
+
+    def forward(self, z: Tensor) -> td.Distribution:
+        """z: ``batch_shape + (K,)``; returns batch_shape and event_shape ``image_shape``."""
+        probs = self.vae.decoder(z)  # batch_shape + [D]
+        probs = probs.reshape(probs.shape[:-1] + self.outcome_shape)
+        return td.Independent(td.Bernoulli(probs=probs), len(self.outcome_shape))
+
+
+class VAEModelView(nn.Module):
+    """A :class:`VAE` with the interface of :class:`~dpm_core.nvil.NVIL`'s parts.
+
+    ``gen_model`` is a :class:`~dpm_core.joint.JointDistribution` of the fixed
+    N(0, I) prior and the VAE's Bernoulli decoder; ``inf_model(x)`` is the
+    diagonal Gaussian q(z|x) of its encoder. Images go in and come out with shape
+    ``batch_shape + image_shape``; the VAE itself works on flat vectors.
+
+    Args:
+        vae: the VAE; its layers are shared, not copied.
+        image_shape: ``(C, H, W)`` with ``C * H * W`` equal to the VAE's input size.
+
+    Raises:
+        ValueError: if ``image_shape`` does not hold exactly the VAE's input size.
+    """
+
+    def __init__(self, vae: VAE, image_shape: ShapeLike = (1, 28, 28)):
+        super().__init__()
+        image_shape = _outcome_shape(image_shape)
+        if math.prod(image_shape) != vae.input_dim:
+            raise ValueError(f"image_shape {image_shape} holds {math.prod(image_shape)} pixels, but "
+                             f"the VAE takes {vae.input_dim}; pass the shape its images have")
+        self.gen_model = JointDistribution(GaussianPriorNet(vae.z_dim),
+                                           _VAEObservation(vae, image_shape))
+        self.inf_model = _VAEPosterior(vae, image_shape)
+        # the prior's buffers follow the VAE
+        self.gen_model.prior_net.to(next(vae.parameters()).device)

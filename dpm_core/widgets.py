@@ -66,6 +66,7 @@ from torch import Tensor, nn
 from .data import ImageData
 from .grading import grading_mode
 from .plotting import _as_images, _evaluating, _model_device, image_grid, plot_latent_scatter
+from .vae import VAE
 
 __all__ = ["LatentExplorer", "Interpolator", "PosteriorView", "lerp", "slerp"]
 
@@ -453,7 +454,9 @@ class _LatentView:
     Args:
         model: an NVIL-like model: ``model.gen_model.obs_model(z)`` is p(x|z),
             ``model.gen_model.prior(batch_shape)`` is p(z), ``model.inf_model(x)`` is
-            q(z|x), and the latent has shape ``(K,)``.
+            q(z|x), and the latent has shape ``(K,)``. A :class:`~dpm_core.vae.VAE`
+            on 28 x 28 images is seen through :meth:`~dpm_core.vae.VAE.as_latent_model`
+            (call that yourself for other image shapes).
         x: test images ``[N, C, H, W]`` (model inputs) or an :class:`ImageData`; the
             first ``num_points`` are encoded.
         labels: class labels ``[N]`` (default: the ImageData's own, else none).
@@ -470,9 +473,11 @@ class _LatentView:
                  class_names: Optional[Sequence[str]] = None,
                  device: Optional[Union[str, torch.device]] = None, num_points: int = 2000,
                  z_range: float = 3.0, image_size: int = 196):
+        if isinstance(model, VAE):
+            model = model.as_latent_model()  # the seed-001 VAE on 28 x 28 images
         if not hasattr(model, "gen_model") or not hasattr(model, "inf_model"):
             raise ValueError(f"model must be an NVIL-like module with gen_model and inf_model, "
-                             f"got {type(model).__name__}")
+                             f"or a dpm_core.vae.VAE, got {type(model).__name__}")
         num_points = _check_positive_int(num_points, "num_points")
         image_size = _check_positive_int(image_size, "image_size")
         if not float(z_range) > 0:
@@ -695,7 +700,8 @@ class LatentExplorer(_LatentView):
     Args:
         model: an :class:`~dpm_core.nvil.NVIL` (or a module with its parts:
             ``gen_model.obs_model(z)`` = p(x|z), ``gen_model.prior(batch_shape)`` =
-            p(z), ``inf_model(x)`` = q(z|x)) with a latent of shape ``(K,)``.
+            p(z), ``inf_model(x)`` = q(z|x)) with a latent of shape ``(K,)``, or a
+            :class:`~dpm_core.vae.VAE` on 28 x 28 images.
         x: test images ``[N, C, H, W]`` (model inputs) or an :class:`ImageData`
             (optional).
         labels: class labels of x, for colours (default: the ImageData's own).
@@ -1516,7 +1522,7 @@ class PosteriorView(_LatentView):
         pair = torch.stack([self.x[self._i].reshape(self.image_shape).float().cpu(), self._image])
         ax_x.imshow(image_grid(pair, nrow=1), interpolation="nearest")
         ax_x.set_axis_off()
-        ax_x.set_title("x and E[x|mean]")
+        ax_x.set_title("x (top), E[x|z] at the\nmean of q(z|x) (bottom)", fontsize=10)
         ax_grid.imshow(image_grid(self._reconstructions, nrow=min(8, self.num_samples)),
                        interpolation="nearest")
         ax_grid.set_axis_off()

@@ -95,3 +95,47 @@ def test_vae_rejects_bad_sizes(argument):
     """Is a size that is not a positive int rejected with a ValueError naming it?"""
     with pytest.raises(ValueError, match=argument):
         VAE(**{argument: 0})
+
+
+def test_latent_model_view_is_the_vae(device):
+    """Does the NVIL-shaped view give q(z|x) = N(mu, exp(logvar)) and p(x|z) = Bernoulli(decoder(z))
+    of the VAE itself, on images [3, 5, 1, 4, 5], with the loss_func's value as -log p(x|z) + KL?"""
+    model = VAE(input_dim=20, z_dim=3, hidden_sizes=(16,)).to(device)
+    view = model.as_latent_model(image_shape=(1, 4, 5))
+    x = torch.randint(0, 2, (3, 5, 1, 4, 5), device=device).float()
+    qz = view.inf_model(x)
+    h = model.encoder(x.flatten(-3))
+    mu, logvar = model.mu(h), model.logvar(h)
+    assert qz.batch_shape == (3, 5) and qz.event_shape == (3,)
+    assert_close(qz.mean, mu)
+    assert_close(qz.variance, logvar.exp())
+    z = qz.sample()
+    px_z = view.gen_model.obs_model(z)
+    assert px_z.batch_shape == (3, 5) and px_z.event_shape == (1, 4, 5)
+    assert_close(px_z.mean, model.decoder(z).reshape(3, 5, 1, 4, 5))
+    pz = view.gen_model.prior((3, 5))
+    kl = torch.distributions.kl_divergence(qz, pz)
+    recon = model.decoder(z).reshape(15, 20)
+    by_hand = loss_func(recon, x.reshape(15, 20), mu.reshape(15, 3), logvar.reshape(15, 3))
+    assert_close((-px_z.log_prob(x) + kl).mean(), by_hand, rtol=1e-4, atol=1e-4)
+
+
+def test_latent_model_view_shares_the_layers():
+    """Does a change of the VAE's weights show in the view, and does view.to move the prior too?"""
+    model = VAE(input_dim=20, z_dim=2, hidden_sizes=(8,))
+    view = model.as_latent_model((1, 4, 5))
+    assert {id(p) for p in view.parameters()} == {id(p) for p in model.parameters()}
+    z = torch.zeros(1, 2)
+    with torch.no_grad():
+        model.decoder[-2].bias.fill_(3.0)
+    assert_close(view.gen_model.obs_model(z).mean.flatten(), model.decoder(z).flatten())
+    assert view.gen_model.prior(()).mean.device == next(model.parameters()).device
+
+
+def test_latent_model_view_rejects_a_wrong_image_shape():
+    """Is an image shape with a different number of pixels a ValueError naming both sizes?"""
+    model = VAE(input_dim=20, z_dim=2, hidden_sizes=(8,))
+    with pytest.raises(ValueError, match=r"holds 784 pixels, but the VAE takes 20"):
+        model.as_latent_model()
+    with pytest.raises(ValueError, match="batch_shape"):
+        model.as_latent_model((1, 4, 5)).inf_model(torch.zeros(2, 20))

@@ -266,6 +266,26 @@ def test_explorer_takes_image_data():
     assert_close(explorer.labels, labels)
 
 
+def test_views_take_the_first_vae():
+    """Do the views accept a dpm_core.vae.VAE on 28 x 28 images, encode with its encoder's means
+    and decode its decoder's probabilities for the slider's z?"""
+    from dpm_core.vae import VAE
+
+    vae = VAE(input_dim=784, z_dim=2, hidden_sizes=(16,))
+    x, labels = make_data()
+    explorer = LatentExplorer(vae, x, labels)
+    vae.eval()
+    with torch.no_grad():
+        assert_close(explorer.codes, vae.mu(vae.encoder(x.flatten(1))))
+        explorer.set_z(torch.tensor([0.5, -1.0]))
+        expected = vae.decoder(torch.tensor([[0.5, -1.0]])).view(1, 28, 28)
+    assert_close(explorer.image, expected)
+    interpolator = Interpolator(vae, x, labels)
+    interpolator.set_t(1.0)
+    assert_close(interpolator.image, decoded(interpolator.model, interpolator.z))
+    assert PosteriorView(vae, x, labels).image.shape == (1, 28, 28)
+
+
 def test_explorer_rejects_bad_arguments():
     """Do a mis-shaped x, a wrong-sized z, an unknown mode and a 0 image size raise ValueErrors?"""
     model = make_model(2)
