@@ -15,6 +15,9 @@ from tqdm.auto import tqdm
 
 __all__ = ["seed_all", "default_device", "OptCollection", "assess", "train_vae", "iterate_batches"]
 
+#: train_vae copies the training figures to the host (and updates its progress bar) this often
+_FLUSH_EVERY = 50
+
 
 def seed_all(seed: int = 42) -> None:
     """Seed Python's, NumPy's and torch's (CPU and CUDA) random number generators."""
@@ -170,6 +173,27 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
         for k, v in assess(model, sample_size_eval, dev_data, device=device).items():
             log[f"dev.{k}"].append((step, v))
 
+    # the training figures stay on the device until a flush: one host sync per
+    # flush instead of one per figure and step (which stalls a GPU)
+    pending: list[tuple[int, dict]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        names = list(pending[0][1])
+        values = torch.stack([torch.stack([torch.as_tensor(out[k], dtype=torch.float32,
+                                                           device=device) for k in names])
+                              for _, out in pending]).tolist()  # [steps, metrics]
+        for (done, _), row in zip(pending, values):
+            for k, v in zip(names, row):
+                log[f"training.{k}"].append((done, v))
+        pending.clear()
+        last = {k.split(".", 1)[1]: v[-1][1] for k, v in log.items() if v and k.startswith("training.")}
+        bar.set_postfix(
+            {"ELBO": f"{last['ELBO']:.1f}", "D": f"{last['D']:.1f}", "R": f"{last['R']:.1f}",
+             "dev.ELBO": f"{log['dev.ELBO'][-1][1]:.1f}",
+             "dev.L": f"{log['dev.L'][-1][1]:.1f}"}, refresh=False)
+
     check(0)
     step = 0
     start = time.perf_counter()
@@ -189,19 +213,17 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
                     nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
                 opts.step()
                 step += 1
-                for metric, value in out.items():
-                    log[f"training.{metric}"].append(
-                        (step, value.item() if torch.is_tensor(value) else value))
+                pending.append((step, {k: v.detach() if torch.is_tensor(v) else v
+                                       for k, v in out.items()}))
                 if step % check_every == 0:
                     check(step)
-                bar.set_postfix(
-                    {"ELBO": f"{out['ELBO']:.1f}", "D": f"{out['D']:.1f}", "R": f"{out['R']:.1f}",
-                     "dev.ELBO": f"{log['dev.ELBO'][-1][1]:.1f}",
-                     "dev.L": f"{log['dev.L'][-1][1]:.1f}"}, refresh=False)
+                if step % check_every == 0 or len(pending) >= _FLUSH_EVERY:
+                    flush()
                 bar.update()
             else:
                 continue
             break
+        flush()
     elapsed = time.perf_counter() - start
     if not log["dev.ELBO"] or log["dev.ELBO"][-1][0] != step:
         check(step)

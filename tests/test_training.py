@@ -176,6 +176,28 @@ def test_train_vae_log_and_step_counts(device):
     assert next(model.parameters()).device.type == device.type
 
 
+def test_train_vae_logs_the_figures_of_every_step(device):
+    """Are the logged training figures exactly what the model returned at each step, in order,
+    also across the periodic copies to the host (120 steps, copies every 50 steps and at the end)?"""
+    model = toy_vae()
+    returned = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        returned.append({k: float(torch.as_tensor(v).detach()) for k, v in out.items()})
+        return out
+
+    model.forward = recording_forward
+    log = train_vae(model, adam(model), random_images(256), random_images(8), batch_size=16,
+                    num_epochs=100, check_every=1000, sample_size_eval=1, device=device,
+                    max_steps=120, progress=False)
+    assert len(returned) == 120
+    for metric in ("loss", "ELBO", "D", "R", "cv_loss"):
+        assert log[f"training.{metric}"] == [(step + 1, pytest.approx(out[metric], rel=1e-6))
+                                             for step, out in enumerate(returned)], metric
+
+
 def test_train_vae_checks_the_dev_set_after_the_last_step():
     """When the last step is not a multiple of check_every, is the dev set assessed once more at the end?"""
     model = toy_vae()
