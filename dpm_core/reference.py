@@ -29,10 +29,12 @@ from .nvil import NVIL
 from .priors import GaussianPriorNet
 from .training import OptCollection, assess, default_device, seed_all, train_vae
 
-__all__ = ["build_reference_vae", "init_decoder_bias", "time_cosine", "main"]
+__all__ = ["build_reference_vae", "init_decoder_bias", "time_cosine", "time_warmup", "main"]
 
 #: the figure the course promises for this job: test ELBO after 60 s on 2 CPU cores
 TARGET_ELBO = -130.0
+#: share of the training budget spent warming the rate weight up from 0 to 1
+WARMUP_SHARE = 0.5
 
 
 def _gaussian_head(latent_size: int, num_inputs: int, hidden_size: Optional[int] = None,
@@ -110,6 +112,30 @@ def time_cosine(budget: float, floor: float = 0.03):
     return factor
 
 
+def time_warmup(duration: float):
+    """A rate weight (beta) that rises linearly from 0 to 1 over the first ``duration`` seconds.
+
+    For :func:`train_vae`'s ``rate_weight``. With the full KL from the first step,
+    the encoder of this model switches most latent units off before the decoder can
+    use them (posterior collapse): 6 of 16 units stay active after 60 s. Letting the
+    rate in over the first 25-45 s keeps 12-14 of them, which is worth about 10 nats
+    of test ELBO at that budget (-125 instead of -132.5 to -137.7).
+    Like :func:`time_cosine`, the ramp is timed, so that it takes the same share of a
+    time-budgeted run on any machine; the clock starts at the first call.
+    """
+    if duration < 0:
+        raise ValueError(f"the warm-up duration must be >= 0 seconds, got {duration}")
+    start = None
+
+    def beta(step: int) -> float:
+        nonlocal start
+        now = time.perf_counter()
+        start = now if start is None else start
+        return 1.0 if duration == 0 else min(1.0, (now - start) / duration)
+
+    return beta
+
+
 def main(argv: Optional[list] = None) -> dict:
     """Train, evaluate and plot; returns the figures it printed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,6 +146,9 @@ def main(argv: Optional[list] = None) -> dict:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
+    parser.add_argument("--warmup", type=float, default=WARMUP_SHARE,
+                        help="share of the budget over which the rate weight rises from 0 to 1 "
+                             "(0: the plain ELBO from the start)")
     parser.add_argument("--is-samples", type=int, default=1000,
                         help="importance samples per test image for log p(x)")
     parser.add_argument("--is-images", type=int, default=1000,
@@ -130,6 +159,8 @@ def main(argv: Optional[list] = None) -> dict:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if not 0 <= args.warmup <= 1:
+        parser.error(f"--warmup is a share of the budget in [0, 1], got {args.warmup}")
 
     seed_all(args.seed)
     device = torch.device(args.device) if args.device else default_device()
@@ -151,6 +182,7 @@ def main(argv: Optional[list] = None) -> dict:
                                                for o in (gen, inf)])
     log = train_vae(model, opts, data.train, data.dev, batch_size=args.batch_size,
                     num_epochs=1000, check_every=200, sample_size_eval=1, device=device,
+                    rate_weight=time_warmup(args.warmup * args.seconds),
                     time_budget=args.seconds, progress=not args.no_progress,
                     generator=torch.Generator(device=device).manual_seed(args.seed))
     steps = len(log["training.loss"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from typing import Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -121,7 +121,8 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
               batch_size: int = 64, num_epochs: int = 10, check_every: int = 10,
               sample_size_training: int = 1, sample_size_eval: int = 10, num_workers: int = 0,
               device: Union[str, torch.device, None] = None, max_grad_norm: Optional[float] = 5.0,
-              rate_weight: float = 1.0, time_budget: Optional[float] = None,
+              rate_weight: Union[float, Callable[[int], float]] = 1.0,
+              time_budget: Optional[float] = None,
               max_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
               progress: bool = True) -> dict:
     """Train an NVIL model with stochastic gradients of the ELBO, checking the dev set as it goes.
@@ -139,7 +140,8 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
         num_workers: DataLoader workers, for Datasets only.
         device: default :func:`default_device`.
         max_grad_norm: clip the global gradient norm to this (None: no clipping).
-        rate_weight: beta, the weight of the rate in the loss.
+        rate_weight: beta, the weight of the rate in the loss; or a function from the
+            number of steps done to beta, for a warm-up (the logged ELBO is always beta = 1).
         time_budget: stop after this many seconds of training (None: no limit).
         max_steps: stop after this many steps (None: no limit).
         generator: random generator for shuffling.
@@ -205,8 +207,9 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
                                            and time.perf_counter() - start >= time_budget):
                     break
                 model.train()
+                beta = rate_weight(step) if callable(rate_weight) else rate_weight
                 out = model(batch_x.to(device), sample_size=sample_size_training,
-                            rate_weight=rate_weight)
+                            rate_weight=beta)
                 opts.zero_grad()
                 out["loss"].backward()
                 if max_grad_norm is not None:

@@ -9,7 +9,8 @@ import torch
 matplotlib.use("Agg")
 
 from dpm_core import reference  # noqa: E402
-from dpm_core.reference import build_reference_vae, init_decoder_bias, time_cosine  # noqa: E402
+from dpm_core.reference import (build_reference_vae, init_decoder_bias, time_cosine,  # noqa: E402
+                                time_warmup)
 
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -35,6 +36,35 @@ def test_time_cosine_decays_from_one_to_the_floor(monkeypatch):
     assert factor(1) == pytest.approx(0.1 + 0.9 * 0.5)
     now[0] = 130.0
     assert factor(2) == pytest.approx(0.1)
+
+
+def test_time_warmup_rises_linearly_from_zero_to_one(monkeypatch):
+    """Does the warm-up give beta 0 at the first call, 0.25 a quarter of the way in, and 1 after?"""
+    now = [50.0]
+    monkeypatch.setattr(reference.time, "perf_counter", lambda: now[0])
+    beta = time_warmup(8.0)
+    assert beta(0) == 0.0
+    now[0] = 52.0
+    assert beta(1) == pytest.approx(0.25)
+    now[0] = 58.0
+    assert beta(2) == pytest.approx(1.0)
+    now[0] = 90.0
+    assert beta(3) == 1.0
+
+
+def test_time_warmup_of_zero_seconds_is_the_elbo():
+    """Is a warm-up of 0 s beta = 1 from the first step, and a negative one refused?"""
+    assert time_warmup(0.0)(0) == 1.0
+    with pytest.raises(ValueError, match="warm-up"):
+        time_warmup(-1.0)
+
+
+def test_main_refuses_a_warmup_share_outside_zero_one(capsys):
+    """Does --warmup 1.5 stop the job before any work with a message naming the option?"""
+    with pytest.raises(SystemExit) as stop:
+        reference.main(["--warmup", "1.5", "--no-progress"])
+    assert stop.value.code == 2
+    assert "--warmup is a share of the budget in [0, 1], got 1.5" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="FashionMNIST not installed "

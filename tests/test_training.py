@@ -256,3 +256,43 @@ def test_train_vae_leaves_the_model_in_eval_mode():
     train_vae(model, adam(model), random_images(64), random_images(8), batch_size=32,
               sample_size_eval=1, device="cpu", max_steps=2, progress=False)
     assert not any(m.training for m in model.modules())
+
+
+def test_train_vae_takes_the_rate_weight_of_each_step_from_a_function():
+    """With rate_weight a function, is it called with the steps done (0, 1, ...) and is each
+    step's beta the one the model gets, while the logged ELBO stays -D - R (beta = 1)?"""
+    model = toy_vae()
+    asked, given = [], []
+    forward = model.forward
+
+    def recording_forward(*args, rate_weight=1.0, **kwargs):
+        given.append(rate_weight)
+        out = forward(*args, rate_weight=rate_weight, **kwargs)
+        assert_close(out["ELBO"], -out["D"] - out["R"])
+        return out
+
+    def beta(step):
+        asked.append(step)
+        return step / 10
+
+    model.forward = recording_forward
+    train_vae(model, adam(model), random_images(64), random_images(8), batch_size=16,
+              num_epochs=100, check_every=1000, sample_size_eval=1, device="cpu",
+              max_steps=6, rate_weight=beta, progress=False)
+    assert asked == list(range(6))
+    assert given == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_train_vae_with_a_constant_function_trains_as_with_the_constant():
+    """Does rate_weight=lambda step: 0.3 give the same parameters as rate_weight=0.3 (same seed)?"""
+    trained = []
+    for rate_weight in (0.3, lambda step: 0.3):
+        seed_all(SEED)
+        model = toy_vae()
+        train_vae(model, adam(model), prototype_images(64), prototype_images(8), batch_size=16,
+                  num_epochs=100, check_every=1000, sample_size_eval=1, device="cpu",
+                  max_steps=10, rate_weight=rate_weight, progress=False,
+                  generator=torch.Generator().manual_seed(SEED))
+        trained.append(model.state_dict())
+    for key, value in trained[0].items():
+        assert_close(trained[1][key], value)
