@@ -145,7 +145,9 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
         time_budget: stop after this many seconds of training (None: no limit).
         max_steps: stop after this many steps (None: no limit).
         generator: random generator for shuffling.
-        progress: show a ``tqdm`` progress bar with training and dev figures.
+        progress: show a ``tqdm`` progress bar with training and dev figures. With a
+            ``time_budget`` the bar counts seconds of the budget (and the figures show the
+            steps), otherwise steps.
 
     Returns:
         The log: a dict from ``"training.loss"``, ``"training.ELBO"``, ``"training.D"``,
@@ -192,14 +194,23 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
         pending.clear()
         last = {k.split(".", 1)[1]: v[-1][1] for k, v in log.items() if v and k.startswith("training.")}
         bar.set_postfix(
-            {"ELBO": f"{last['ELBO']:.1f}", "D": f"{last['D']:.1f}", "R": f"{last['R']:.1f}",
+            {**({"steps": step} if timed else {}),
+             "ELBO": f"{last['ELBO']:.1f}", "D": f"{last['D']:.1f}", "R": f"{last['R']:.1f}",
              "dev.ELBO": f"{log['dev.ELBO'][-1][1]:.1f}",
              "dev.L": f"{log['dev.L'][-1][1]:.1f}"}, refresh=False)
 
+    # a time-budgeted run usually ends long before its epochs: its bar counts seconds
+    timed = time_budget is not None
+    bar_options = (dict(total=float(time_budget), unit="s", bar_format="{l_bar}{bar}| "
+                        "{n:.0f}/{total:.0f} s [{elapsed}{postfix}]") if timed
+                   else dict(total=total_steps))
     check(0)
     step = 0
     start = time.perf_counter()
-    with tqdm(total=total_steps, disable=not progress, desc="training") as bar:
+    with tqdm(disable=not progress, desc="training", **bar_options) as bar:
+        def advance() -> None:
+            bar.update(min(time.perf_counter() - start, time_budget) - bar.n)
+
         for _ in range(num_epochs):
             for batch_x, _ in iterate_batches(training_data, batch_size, shuffle=True,
                                               generator=generator, num_workers=num_workers):
@@ -222,10 +233,15 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
                     check(step)
                 if step % check_every == 0 or len(pending) >= _FLUSH_EVERY:
                     flush()
-                bar.update()
+                if timed:
+                    advance()
+                else:
+                    bar.update()
             else:
                 continue
             break
+        if timed:
+            advance()
         flush()
     elapsed = time.perf_counter() - start
     if not log["dev.ELBO"] or log["dev.ELBO"][-1][0] != step:

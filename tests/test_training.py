@@ -296,3 +296,32 @@ def test_train_vae_with_a_constant_function_trains_as_with_the_constant():
         trained.append(model.state_dict())
     for key, value in trained[0].items():
         assert_close(trained[1][key], value)
+
+
+def test_train_vae_progress_bar_counts_the_seconds_of_a_time_budget(capsys):
+    """With a 1 s budget, does the bar end at 100% of "1/1 s" and show the steps taken?"""
+    model = toy_vae()
+    log = train_vae(model, adam(model), random_images(64), random_images(8), batch_size=16,
+                    num_epochs=10 ** 6, check_every=10 ** 6, sample_size_eval=1, device="cpu",
+                    time_budget=1.0, progress=True)
+    final = capsys.readouterr().err.split("\r")[-1]
+    assert "100%" in final and "1/1 s" in final, final
+    assert f"steps={len(log['training.loss'])}" in final, final
+
+
+def test_train_vae_progress_bar_counts_steps_without_a_time_budget(capsys):
+    """Without a time budget, does the bar count steps up to max_steps?"""
+    model = toy_vae()
+    train_vae(model, adam(model), random_images(64), random_images(8), batch_size=16,
+              num_epochs=100, check_every=1000, sample_size_eval=1, device="cpu",
+              max_steps=20, progress=True)
+    final = capsys.readouterr().err.split("\r")[-1]
+    assert "100%" in final and "20/20" in final, final
+
+
+def test_train_vae_progress_bar_with_a_zero_budget():
+    """Does a zero time budget with the bar on end cleanly, without a step?"""
+    model = toy_vae()
+    log = train_vae(model, adam(model), random_images(64), random_images(8), batch_size=16,
+                    sample_size_eval=1, device="cpu", time_budget=0, progress=True)
+    assert log["training.loss"] == []
