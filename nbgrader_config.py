@@ -44,3 +44,12 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import GetGrades  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+
+# a warning printed by correct code is not a failed test (nbgrader scores any stderr output 0)
+from grading_plugins import WarningsAreNotFailures  # noqa: E402
+from nbgrader.converters import Autograde  # noqa: E402
+from nbgrader.preprocessors import SaveAutoGrades  # noqa: E402
+
+_autograde = list(Autograde.class_traits()["autograde_preprocessors"].default())
+_autograde.insert(_autograde.index(SaveAutoGrades), WarningsAreNotFailures)
+c.Autograde.autograde_preprocessors = _autograde

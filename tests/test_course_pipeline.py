@@ -179,3 +179,35 @@ def test_a_real_mistake_gets_partial_credit(assignment, course_dir):
         assert grades[cell][0] == 0, f"{cell} should fail for: {spec['description']}"
     for cell in spec["keeps"]:
         assert grades[cell][0] == grades[cell][1], f"{cell} should still pass: {spec['description']}"
+
+
+def test_a_correct_solution_that_warns_keeps_full_marks(course_dir):
+    """Does a correct answer whose code emits a UserWarning at every call (as a deprecated but
+    valid library call would) keep every autograded point? nbgrader on its own scores any
+    test cell with stderr output 0; the course's WarningsAreNotFailures preprocessor stops that."""
+    assignment = next(a for a in ASSIGNMENTS if a["name"] == "vae_basics")
+    student = "warning-student"
+    target = course_dir / "course" / "submitted" / student / assignment["name"]
+    target.mkdir(parents=True, exist_ok=True)
+    old = "return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)"
+    new = ("__import__('warnings').simplefilter('always')\n"
+           "    __import__('warnings').warn('a harmless warning from correct code', UserWarning)\n"
+           "    " + old)
+    for path in _notebooks(REPO / "source", assignment):
+        nb = nbformat.read(path, 4)
+        [cell] = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "kl-solution"]
+        assert old in cell.source
+        cell.source = cell.source.replace(old, new)
+        nbformat.write(nb, target / path.name)
+    pipeline.nbgrader(["autograde", assignment["name"], "--student", student, "--force"],
+                      course_dir)
+    autograded = course_dir / "course" / "autograded" / student / assignment["name"]
+    warned = [cell.metadata["nbgrader"]["grade_id"]
+              for path in _notebooks(autograded.parent, assignment)
+              for cell in nbformat.read(path, 4).cells
+              if cell.metadata.get("nbgrader", {}).get("grade")
+              and "a harmless warning" in json.dumps(cell.get("outputs", []))]
+    assert warned, "no graded cell shows the warning: the test would not catch the penalty"
+    grades = _grades(course_dir, assignment, student)
+    lost = {cell: score for cell, (score, best) in grades.items() if score != best}
+    assert not lost, f"a warning cost points in {lost} (cells showing it: {warned})"
