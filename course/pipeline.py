@@ -41,7 +41,10 @@ def nbgrader(args: list[str], root: Path, quiet: bool = True) -> None:
     interpreter's folder is put first.
     """
     env = dict(os.environ, DPM_COURSE_ROOT=str(root),
-               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+               # a broken nbgrader_config.py must stop nbgrader; by default it only logs the
+               # error and goes on with nbgrader's defaults, writing into the working folder
+               TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR="1")
     env.pop("NBGRADER_EXECUTION", None)
     result = subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
                             cwd=REPO, env=env, capture_output=True, text=True)

@@ -211,3 +211,18 @@ def test_a_correct_solution_that_warns_keeps_full_marks(course_dir):
     grades = _grades(course_dir, assignment, student)
     lost = {cell: score for cell, (score, best) in grades.items() if score != best}
     assert not lost, f"a warning cost points in {lost} (cells showing it: {warned})"
+
+
+def test_a_broken_nbgrader_config_stops_the_pipeline(tmp_path, monkeypatch):
+    """When nbgrader_config.py raises, does pipeline.nbgrader fail before nbgrader writes
+    anything (nbgrader's default is to log the error and go on with its defaults, writing
+    release/ and gradebook.db into the working folder)?"""
+    (tmp_path / "nbgrader_config.py").write_text("raise RuntimeError('a typo in the config')\n")
+    notebook = tmp_path / "source" / "demo" / "demo.ipynb"
+    notebook.parent.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), notebook)
+    monkeypatch.setattr(pipeline, "REPO", tmp_path)
+    with pytest.raises(RuntimeError, match="a typo in the config"):
+        pipeline.nbgrader(["generate_assignment", "demo", "--force"], tmp_path)
+    assert not (tmp_path / "gradebook.db").exists()
+    assert not (tmp_path / "release").exists()
