@@ -94,6 +94,24 @@ def init_decoder_bias(model: NVIL, images: torch.Tensor) -> None:
     last[-1].bias.copy_(torch.logit(mean))
 
 
+def _elapsed_share(duration: float, what: str):
+    """A function of the step that returns the share of ``duration`` seconds gone, in [0, 1].
+
+    The clock starts at the first call; a duration of 0 is over at once.
+    """
+    if duration < 0:
+        raise ValueError(f"the {what} must be >= 0 seconds, got {duration}")
+    start = None
+
+    def share(step: int) -> float:
+        nonlocal start
+        now = time.perf_counter()
+        start = now if start is None else start
+        return 1.0 if duration == 0 else min(1.0, (now - start) / duration)
+
+    return share
+
+
 def time_cosine(budget: float, floor: float = 0.03):
     """A LambdaLR factor that decays from 1 to ``floor`` along a cosine over ``budget`` seconds.
 
@@ -101,16 +119,8 @@ def time_cosine(budget: float, floor: float = 0.03):
     time-budgeted run ends, whatever the machine's speed. The clock starts at
     the first call (when the scheduler is made).
     """
-    start = None
-
-    def factor(step: int) -> float:
-        nonlocal start
-        now = time.perf_counter()
-        start = now if start is None else start
-        frac = min(1.0, (now - start) / budget)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
-
-    return factor
+    share = _elapsed_share(budget, "cosine budget")
+    return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * share(step)))
 
 
 def time_warmup(duration: float):
@@ -124,17 +134,7 @@ def time_warmup(duration: float):
     Like :func:`time_cosine`, the ramp is timed, so that it takes the same share of a
     time-budgeted run on any machine; the clock starts at the first call.
     """
-    if duration < 0:
-        raise ValueError(f"the warm-up duration must be >= 0 seconds, got {duration}")
-    start = None
-
-    def beta(step: int) -> float:
-        nonlocal start
-        now = time.perf_counter()
-        start = now if start is None else start
-        return 1.0 if duration == 0 else min(1.0, (now - start) / duration)
-
-    return beta
+    return _elapsed_share(duration, "warm-up duration")
 
 
 def main(argv: Optional[list] = None) -> dict:
