@@ -192,7 +192,7 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
             for k, v in zip(names, row):
                 log[f"training.{k}"].append((done, v))
         pending.clear()
-        last = {k.split(".", 1)[1]: v[-1][1] for k, v in log.items() if v and k.startswith("training.")}
+        last = dict(zip(names, values[-1]))
         bar.set_postfix(
             {**({"steps": step} if timed else {}),
              "ELBO": f"{last['ELBO']:.1f}", "D": f"{last['D']:.1f}", "R": f"{last['R']:.1f}",
