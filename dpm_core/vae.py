@@ -110,9 +110,10 @@ class VAE(nn.Module):
     def as_latent_model(self, image_shape: ShapeLike = (1, 28, 28)) -> "VAEModelView":
         """This VAE seen through the parts of :class:`~dpm_core.nvil.NVIL`.
 
-        The view shares this VAE's layers (it trains and moves with them), so the
+        The view shares this VAE's layers (training either trains both), so the
         tools written for NVIL models, such as the widgets of
-        :mod:`dpm_core.widgets`, work on it too.
+        :mod:`dpm_core.widgets`, work on it too. Its N(0, I) prior is made on the
+        VAE's device: move the VAE first, or move the view (which moves the VAE).
 
         Args:
             image_shape: how the ``input_dim`` pixels form an image, ``(C, H, W)``.

@@ -66,7 +66,6 @@ from torch import Tensor, nn
 from .data import ImageData
 from .grading import grading_mode
 from .plotting import _as_images, _evaluating, _model_device, image_grid, plot_latent_scatter
-from .vae import VAE
 
 __all__ = ["LatentExplorer", "Interpolator", "PosteriorView", "lerp", "slerp"]
 
@@ -454,9 +453,10 @@ class _LatentView:
     Args:
         model: an NVIL-like model: ``model.gen_model.obs_model(z)`` is p(x|z),
             ``model.gen_model.prior(batch_shape)`` is p(z), ``model.inf_model(x)`` is
-            q(z|x), and the latent has shape ``(K,)``. A :class:`~dpm_core.vae.VAE`
-            on 28 x 28 images is seen through :meth:`~dpm_core.vae.VAE.as_latent_model`
-            (call that yourself for other image shapes).
+            q(z|x), and the latent has shape ``(K,)``. A model with an
+            ``as_latent_model()`` method is seen through it: a :class:`~dpm_core.vae.VAE`
+            on 28 x 28 images (call :meth:`~dpm_core.vae.VAE.as_latent_model` yourself
+            for other image shapes).
         x: test images ``[N, C, H, W]`` (model inputs) or an :class:`ImageData`; the
             first ``num_points`` are encoded.
         labels: class labels ``[N]`` (default: the ImageData's own, else none).
@@ -473,8 +473,8 @@ class _LatentView:
                  class_names: Optional[Sequence[str]] = None,
                  device: Optional[Union[str, torch.device]] = None, num_points: int = 2000,
                  z_range: float = 3.0, image_size: int = 196):
-        if isinstance(model, VAE):
-            model = model.as_latent_model()  # the seed-001 VAE on 28 x 28 images
+        if hasattr(model, "as_latent_model"):
+            model = model.as_latent_model()  # e.g. the seed-001 VAE, on 28 x 28 images
         if not hasattr(model, "gen_model") or not hasattr(model, "inf_model"):
             raise ValueError(f"model must be an NVIL-like module with gen_model and inf_model, "
                              f"or a dpm_core.vae.VAE, got {type(model).__name__}")
