@@ -16,7 +16,7 @@ import sys
 
 ROOT = os.environ.get("DPM_COURSE_ROOT") or os.path.dirname(os.path.abspath(__file__))
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "course"))  # the course's own nbgrader plugins
+sys.path.insert(0, HERE)  # the course's own nbgrader plugins: the `course` package
 
 c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
 
@@ -39,17 +39,14 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.Execute.timeout = 300
 
 # feedback shows the failure message of a hidden test, never its code
-from grading_plugins import HideHiddenTests  # noqa: E402
+from course.grading_plugins import HideHiddenTests  # noqa: E402
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import GetGrades  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
 
-# a warning printed by correct code is not a failed test (nbgrader scores any stderr output 0)
-from grading_plugins import WarningsAreNotFailures  # noqa: E402
-from nbgrader.converters import Autograde  # noqa: E402
-from nbgrader.preprocessors import SaveAutoGrades  # noqa: E402
+# a warning printed by correct code is not a failed test (nbgrader scores any stderr output 0);
+# a kernel that dies or hangs costs only the cells it did not pass, and says why
+from course.grading_plugins import autograde_preprocessors  # noqa: E402
 
-_autograde = list(Autograde.class_traits()["autograde_preprocessors"].default())
-_autograde.insert(_autograde.index(SaveAutoGrades), WarningsAreNotFailures)
-c.Autograde.autograde_preprocessors = _autograde
+c.Autograde.autograde_preprocessors = autograde_preprocessors()

@@ -1,9 +1,24 @@
-"""nbgrader plugins of the course (loaded by ``nbgrader_config.py``)."""
+"""nbgrader plugins of the course (loaded by ``nbgrader_config.py`` and by the grader).
 
+* :class:`HideHiddenTests`: feedback shows a hidden test's message, never its code;
+* :class:`WarningsAreNotFailures`: stderr text of correct code does not cost points;
+* :class:`BoundedExecute`: nbgrader's ``Execute`` with a time budget per notebook, a cap on
+  the output kept per cell, and a kernel that dies (memory cap, crash, ``os._exit``) or
+  will not stop costing only the cells that did not run, with the reason written down.
+"""
+
+import json
 import re
+import time
 
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbclient.util import run_sync
+from nbformat.v4 import new_output
 from nbgrader import utils
-from nbgrader.preprocessors import NbGraderPreprocessor
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Integer, Unicode
+
+from course.sandbox import MemoryCap, gib
 
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -53,3 +68,111 @@ class WarningsAreNotFailures(NbGraderPreprocessor):
                 if output.get("output_type") == "stream" and output.get("name") == "stderr":
                     output["name"] = "stdout"
         return cell, resources
+
+
+class BoundedExecute(Execute):
+    """nbgrader's ``Execute`` that always ends, keeps what passed, and says why it stopped.
+
+    * Each cell has ``timeout`` seconds, and the notebook ``notebook_timeout`` in all; a
+      cell that runs over is interrupted (nbgrader's behaviour) and fails.
+    * When the kernel dies (killed by the memory cap, ``os._exit``, a segfault) or does
+      not stop when interrupted (it is then shut down), the cell that was running and
+      every later graded cell get an error output with the reason; cells that ran
+      before keep their outputs, so their points. nbgrader alone loses the notebook.
+    * What one cell may print is capped at ``max_output_bytes`` as it arrives, so a
+      50 MB print cannot make a 50 MB feedback page or fill the grader's memory.
+    * The reason, if any, is written as JSON (``{"stopped": ...}``) to ``report_file``.
+    """
+
+    notebook_timeout = Integer(0, help="seconds for the whole notebook (0: no limit)").tag(config=True)
+    max_output_bytes = Integer(100_000, help="output kept per cell, in bytes").tag(config=True)
+    memory_cgroup = Unicode("", help="the submission's memory cgroup, to tell an OOM kill").tag(config=True)
+    memory_limit = Integer(0, help="the memory cap in bytes, for the messages").tag(config=True)
+    report_file = Unicode("", help="where to write why execution stopped (JSON)").tag(config=True)
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._cell_timeout = self.timeout
+        self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout else None
+        self._stopped = ""
+        self._output_sizes = {}
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            self.timeout = self._cell_timeout
+            if self.report_file:
+                with open(self.report_file, "w") as f:
+                    json.dump({"stopped": self._stopped}, f)
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code" or not cell.source.strip():
+            return cell, resources
+        if not self._stopped and self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                self._stopped = (f"the notebook ran longer than its {self.notebook_timeout} s "
+                                 f"and was stopped")
+            else:
+                self.timeout = max(1, int(min(self._cell_timeout or left, left)))
+        if self._stopped:
+            cell.outputs = [self._error("NotRun", f"not run: {self._stopped}")] \
+                if utils.is_grade(cell) else []
+            return cell, resources
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            self._stopped = self._death_reason()
+        except CellTimeoutError:
+            self._stopped = (f"a cell ran longer than {self.timeout} s and did not stop when "
+                             f"interrupted; the kernel was shut down")
+            self._shut_down_kernel()
+        cell.outputs.append(self._error("KernelDied", self._stopped))
+        return cell, resources
+
+    def output(self, outs, msg, display_id, cell_index):
+        """Keep at most ``max_output_bytes`` of one cell's output, cut at arrival."""
+        content = msg.get("content", {})
+        size = len(json.dumps(content, default=str))
+        used = self._output_sizes.get(cell_index, 0)
+        self._output_sizes[cell_index] = used + size
+        if used + size > self.max_output_bytes:
+            if used > self.max_output_bytes:
+                return None  # already cut, and said so
+            left = max(0, self.max_output_bytes - used)
+            note = f"\n... output cut here: a cell may print at most {self.max_output_bytes} bytes\n"
+            if msg["msg_type"] == "stream":
+                content["text"] = content.get("text", "")[:left] + note
+            else:
+                msg["msg_type"] = "stream"
+                msg["header"] = dict(msg["header"], msg_type="stream")
+                msg["content"] = {"name": "stdout", "text": note.lstrip()}
+            self._output_sizes[cell_index] = self.max_output_bytes + 1
+        return super().output(outs, msg, display_id, cell_index)
+
+    def _death_reason(self) -> str:
+        if self.memory_cgroup and self.memory_limit:
+            if MemoryCap.open(self.memory_cgroup, self.memory_limit).out_of_memory():
+                return (f"the notebook ran out of its {gib(self.memory_limit)} of memory; "
+                        f"the kernel was killed and later cells were not run")
+        return "the kernel died (a crash, os._exit or a signal); later cells were not run"
+
+    def _shut_down_kernel(self) -> None:
+        try:
+            run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception:  # the kernel may be gone already; all that matters is that it is
+            self.log.warning("could not shut the kernel down cleanly", exc_info=True)
+
+    @staticmethod
+    def _error(ename: str, evalue: str):
+        return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+def autograde_preprocessors() -> list:
+    """nbgrader's autograde preprocessors with the course's: BoundedExecute for Execute,
+    WarningsAreNotFailures just before SaveAutoGrades."""
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import SaveAutoGrades
+
+    steps = list(Autograde.class_traits()["autograde_preprocessors"].default())
+    steps[steps.index(Execute)] = BoundedExecute
+    steps.insert(steps.index(SaveAutoGrades), WarningsAreNotFailures)
+    return steps

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the course needs, idempotently: a virtual environment in .venv with the
-# package and its pinned dependencies, and the FashionMNIST files.
+# package and its pinned dependencies, the FashionMNIST files and bubblewrap (the sandbox).
 # Usage: scripts/setup.sh            (called by `make main`)
 #        scripts/setup.sh --browser  (called by `make test`: also Debian's chromium for the
 #                                     browser test of the widgets, when it can be installed)
@@ -45,7 +45,18 @@ if ! have_data; then
     fi
 fi
 
-# 3. Chromium for the widgets' browser test (the test skips itself without it).
+# 3. Bubblewrap, the sandbox that grading runs student code in (course/sandbox.py).
+if ! command -v bwrap >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian's bubblewrap (the grading sandbox)"
+        { apt-get update -qq >/dev/null; apt-get install -y -qq bubblewrap >/dev/null; } \
+            || echo "setup: could not install bubblewrap; grading will refuse to run student code"
+    else
+        echo "setup: bwrap not found: install bubblewrap (e.g. sudo apt-get install bubblewrap) to grade"
+    fi
+fi
+
+# 4. Chromium for the widgets' browser test (the test skips itself without it).
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing Debian's chromium for the browser test"

@@ -1,0 +1,67 @@
+"""Write a graded submission (a :class:`course.submission.Result`) into the course.
+
+The coordinating process is the only writer of the course's ``gradebook.db``: it records
+each result with nbgrader's own API (student, submission, per-cell ``auto_score`` and
+``auto_comment``, as nbgrader's ``SaveAutoGrades`` does) and puts the autograded notebooks
+where nbgrader's formgrader, ``generate_feedback`` and ``export`` look for them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from nbgrader.api import Gradebook, MissingEntry
+
+__all__ = ["template_gradebook", "merge_result"]
+
+
+def template_gradebook(course_root: Path, assignment: str) -> bytes:
+    """A gradebook that knows ``assignment`` (its notebooks and cells) and no student.
+
+    Made by nbgrader's own ``generate_assignment`` from ``source/<assignment>`` in a
+    temporary course, so that the scratch course of every submission starts from it: a
+    student's kernel never sees another student's grades (nor, in fact, this file).
+    """
+    from course.pipeline import nbgrader
+
+    with tempfile.TemporaryDirectory(prefix="dpm-template-") as tmp:
+        root = Path(tmp)
+        shutil.copytree(Path(course_root) / "source" / assignment, root / "source" / assignment)
+        (root / "course").mkdir()
+        nbgrader(["generate_assignment", assignment, "--force"], root)
+        return (root / "course" / "gradebook.db").read_bytes()
+
+
+def merge_result(gb: Gradebook, result, autograded_dir: Path) -> None:
+    """Record one result in the gradebook and write its autograded notebooks.
+
+    ``autograded_dir`` is the course's ``autograded`` folder; the notebooks go to
+    ``<autograded_dir>/<student>/<assignment>/<notebook>.ipynb``, as nbgrader puts them.
+    A grade that a human already set by hand (``manual_score``) is kept, and flagged for
+    review as nbgrader does when it re-grades.
+    """
+    gb.update_or_create_student(result.student)
+    kwargs = {"timestamp": result.timestamp} if result.timestamp else {}
+    submission = gb.update_or_create_submission(result.assignment, result.student, **kwargs)
+    for notebook in submission.notebooks:
+        for grade in notebook.grades:
+            score, _, pending, _ = result.grades.get((notebook.name, grade.name),
+                                                     (0.0, None, False, True))
+            if grade.cell.cell_type == "code" and score is None:
+                score = 0.0
+            grade.auto_score = score
+            grade.needs_manual_grade = grade.manual_score is not None or pending or score is None
+        for comment in notebook.comments:
+            comment.auto_comment = result.comments.get((notebook.name, comment.name))
+    gb.db.commit()
+    folder = Path(autograded_dir) / result.student / result.assignment
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name, data in result.notebooks.items():
+        if data:
+            (folder / f"{name}.ipynb").write_bytes(data)
+    if result.timestamp:
+        (folder / "timestamp.txt").write_text(result.timestamp)

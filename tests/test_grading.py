@@ -1,0 +1,388 @@
+"""The class grader (course.grade) on a simulated class of honest and hostile students.
+
+One module-scoped course (``vae_basics`` only, the quickest notebook to grade) gets 14
+students, graded in one run through a LocalCluster of 2 workers with the kernels in
+bubblewrap: the reference solution, the untouched release, a partial answer, and hostile
+submissions (file vandalism aimed at the gradebook, ``source/``, another student and the
+installed package; signals to the grader; a network probe; a lingering background
+process; a memory bomb; an infinite loop that ignores interrupts; a 50 MB print;
+``os._exit``; a notebook with a copy-pasted test cell; a truncated, an nbformat 3, a
+misnamed and a missing notebook). Honest students must get exactly what serial nbgrader
+gives them; each hostile one is contained and scored with its reason; the batch completes.
+
+The limits are small so that the run stays short: 1.5 GiB of memory, 20 s per cell.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+from course import pipeline  # noqa: E402
+from course.grade import _parse_bytes, format_summary, grade_class, read_submission, scores  # noqa: E402
+from course.sandbox import SandboxUnavailable, Sandbox, check_sandbox  # noqa: E402
+from course.submission import GRADING_NOTE, Limits  # noqa: E402
+
+ASSIGNMENT = next(a for a in pipeline.load_assignments() if a["name"] == "vae_basics")
+LIMITS = Limits(memory=int(1.5 * 2 ** 30), cell_timeout=20, notebook_timeout=150,
+                submission_timeout=400)
+MARKER = "dpm-lingering-process-7c1e"
+
+
+def _sandbox_reason():
+    try:
+        check_sandbox()
+    except SandboxUnavailable as err:
+        return str(err)
+    return None
+
+
+needs_sandbox = pytest.mark.skipif(_sandbox_reason() is not None,
+                                   reason=f"no sandbox here: {_sandbox_reason()}")
+
+
+def _tree_digest(folder: Path) -> str:
+    """A digest of every file's path and content under folder."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _source_nb():
+    return nbformat.read(REPO / "source" / "vae_basics" / "vae_basics.ipynb", 4)
+
+
+def _insert_after(nb, grade_id: str, code: str):
+    """The notebook with a new (student-added) code cell after the cell ``grade_id``."""
+    index = next(i for i, c in enumerate(nb.cells)
+                 if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(code))
+    return nb
+
+
+def _vandal_code(root: Path) -> str:
+    """Every trick of the file vandal, each attempt wrapped so that the notebook goes on."""
+    gradebook = root / "course" / "gradebook.db"
+    targets = {
+        "gradebook": str(gradebook),
+        "source": str(root / "source" / "vae_basics" / "vae_basics.ipynb"),
+        "other": str(root / "course" / "submitted" / "reference-solution" / "vae_basics"
+                     / "vae_basics.ipynb"),
+        "package": str(REPO / "dpm_core" / "__init__.py"),
+    }
+    return f"""
+import os, signal, sqlite3
+_t = {json.dumps(targets)}
+for _try in [
+    lambda: os.remove(_t["gradebook"]),
+    lambda: sqlite3.connect(_t["gradebook"]).execute("UPDATE grade SET manual_score = 10"),
+    lambda: open(_t["source"], "a").write("vandalised"),
+    lambda: open(_t["source"]).read(),
+    lambda: open(_t["other"], "w").write("{{}}"),
+    lambda: open(_t["package"], "a").write("raise SystemExit"),
+    lambda: open(os.path.dirname(_t["gradebook"]) + "/vandal-was-here", "w").write("x"),
+    lambda: os.kill(os.getppid(), signal.SIGSTOP),
+    lambda: os.kill(os.getppid(), signal.SIGKILL),
+]:
+    try:
+        _try()
+    except BaseException:
+        pass
+"""
+
+
+def _submissions(root: Path, port: int) -> dict:
+    """{student: {file name: bytes or notebook}} of the simulated class."""
+    mistake = json.loads((REPO / "tests" / "course_mistakes" / "vae_basics.json").read_text())
+    partial = _source_nb()
+    for cell in partial.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == mistake["cell"]:
+            cell.source = cell.source.replace(*mistake["replace"])
+    duplicated = _source_nb()
+    test_cell = next(c for c in duplicated.cells
+                     if c.metadata.get("nbgrader", {}).get("grade_id") == "kl-formula-tests")
+    duplicated.cells.insert(duplicated.cells.index(test_cell) + 1, nbformat.from_dict(
+        json.loads(json.dumps(test_cell))))  # copy-pasted, same grade id
+    text = nbformat.writes(_source_nb())
+    nbformat3 = json.loads(text)
+    nbformat3["nbformat"] = 3
+    return {
+        "reference-solution": {"vae_basics.ipynb": _source_nb()},
+        "untouched-release": {"vae_basics.ipynb": nbformat.read(
+            REPO / "release" / "vae_basics" / "vae_basics.ipynb", 4)},
+        "partial-answer": {"vae_basics.ipynb": partial},
+        "file-vandal": {"vae_basics.ipynb": _insert_after(_source_nb(), "setup", _vandal_code(root))},
+        "network-probe": {"vae_basics.ipynb": _insert_after(_source_nb(), "setup", f"""
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"leak")
+except OSError as err:
+    print("no network:", err)
+""")},
+        "lingering-process": {"vae_basics.ipynb": _insert_after(_source_nb(), "setup", f"""
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(0.2)  # {MARKER}"],
+                 start_new_session=True)
+""")},
+        "memory-bomb": {"vae_basics.ipynb": _insert_after(_source_nb(), "kl-reduction-tests", """
+import numpy as np
+_hog = []
+while len(_hog) < 24:  # stops by itself at 6 GiB
+    _hog.append(np.ones(2 ** 28, dtype=np.uint8))
+""")},
+        "infinite-loop": {"vae_basics.ipynb": _insert_after(_source_nb(), "kl-reduction-tests", """
+import time
+while True:
+    try:
+        time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass  # ignores the grader's interrupt
+""")},
+        "huge-print": {"vae_basics.ipynb": _insert_after(_source_nb(), "setup",
+                                                         "print('x' * 50_000_000)")},
+        "os-exit": {"vae_basics.ipynb": _insert_after(_source_nb(), "kl-reduction-tests",
+                                                      "import os\nos._exit(3)")},
+        "duplicated-cell": {"vae_basics.ipynb": duplicated},
+        "truncated-notebook": {"vae_basics.ipynb": text[: len(text) // 2].encode()},
+        "nbformat-3": {"vae_basics.ipynb": json.dumps(nbformat3).encode()},
+        "misnamed-notebook": {"my_answers.ipynb": _source_nb()},
+        "no-notebook": {"README.txt": b"I forgot to attach it."},
+    }
+
+
+@pytest.fixture(scope="module")
+def graded_class(tmp_path_factory):
+    """The simulated class graded in one run; the course folder and what it observed."""
+    if _sandbox_reason() is not None:
+        pytest.skip(f"no sandbox here: {_sandbox_reason()}")
+    root = tmp_path_factory.mktemp("class")
+    shutil.copytree(REPO / "source" / "vae_basics", root / "source" / "vae_basics")
+    (root / "course").mkdir()
+    pipeline.generate_release(root, [ASSIGNMENT])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    listener.settimeout(0.1)
+    for student, files in _submissions(root, listener.getsockname()[1]).items():
+        folder = root / "course" / "submitted" / student / "vae_basics"
+        folder.mkdir(parents=True)
+        for name, content in files.items():
+            data = content if isinstance(content, bytes) else nbformat.writes(content).encode()
+            (folder / name).write_bytes(data)
+    before = {"source": _tree_digest(root / "source"),
+              "reference": _tree_digest(root / "course" / "submitted" / "reference-solution"),
+              "package": _tree_digest(REPO / "dpm_core")}
+    try:
+        results = grade_class(root, [ASSIGNMENT], limits=LIMITS, workers=2, progress=False)
+        connections = []
+        try:
+            while True:
+                connections.append(listener.accept())
+        except OSError:
+            pass
+    finally:
+        listener.close()
+    print("\n" + format_summary(results, [ASSIGNMENT]))
+    return {"root": root, "results": {r.student: r for r in results}, "before": before,
+            "connections": connections}
+
+
+def _gradebook_scores(root: Path, student: str) -> dict:
+    """{grade_id: (score, max_score)} of the code cells, as nbgrader's gradebook has them."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'course' / 'gradebook.db'}") as gb:
+        sub = gb.find_submission("vae_basics", student)
+        return {g.name: (g.score, g.max_score) for nb in sub.notebooks for g in nb.grades
+                if g.cell.cell_type == "code"}
+
+
+@needs_sandbox
+def test_every_student_is_graded_and_recorded(graded_class):
+    """Does the batch complete, with every student in the gradebook and no code cell left
+    "needs autograding" (a score of None)?"""
+    results = graded_class["results"]
+    assert len(results) == 15
+    for student in results:
+        grades = _gradebook_scores(graded_class["root"], student)
+        assert grades and all(score is not None for score, _ in grades.values()), (student, grades)
+
+
+@needs_sandbox
+def test_honest_students_get_what_serial_nbgrader_gives(graded_class, tmp_path):
+    """Do the reference, the release and a partial answer get exactly the per-cell scores of
+    plain serial nbgrader on the same notebooks?"""
+    root = graded_class["root"]
+    serial = tmp_path / "serial"
+    shutil.copytree(root / "source", serial / "source")
+    (serial / "course").mkdir()
+    pipeline.generate_release(serial, [ASSIGNMENT])
+    for student in ("reference-solution", "untouched-release", "partial-answer"):
+        shutil.copytree(root / "course" / "submitted" / student,
+                        serial / "course" / "submitted" / student)
+        pipeline.nbgrader(["autograde", "vae_basics", "--student", student, "--force"], serial)
+        assert _gradebook_scores(root, student) == _gradebook_scores(serial, student), student
+    got = {s: scores(graded_class["results"][s]) for s in
+           ("reference-solution", "untouched-release", "partial-answer")}
+    assert got["reference-solution"][0] == got["reference-solution"][1] > 0
+    assert got["untouched-release"][0] == 0
+    assert 0 < got["partial-answer"][0] < got["partial-answer"][1]
+
+
+@needs_sandbox
+def test_the_vandal_changes_nothing_outside_its_scratch_folder(graded_class):
+    """Do deleting and rewriting the gradebook, writing into source/, another student's
+    folder and the installed package, and signalling the grader all fail, while the
+    vandal's correct answers still earn their points?"""
+    root, before = graded_class["root"], graded_class["before"]
+    assert _tree_digest(root / "source") == before["source"]
+    assert _tree_digest(root / "course" / "submitted" / "reference-solution") == before["reference"]
+    assert _tree_digest(REPO / "dpm_core") == before["package"]
+    assert not (root / "course" / "vandal-was-here").exists()
+    grades = _gradebook_scores(root, "file-vandal")
+    assert all(score == best for score, best in grades.values()), grades
+
+
+@needs_sandbox
+def test_the_network_probe_reaches_nothing(graded_class):
+    """Does a connection to a listener on the grader's 127.0.0.1 fail from the kernel?"""
+    assert graded_class["connections"] == []
+    result = graded_class["results"]["network-probe"]
+    notebook = nbformat.reads(result.notebooks["vae_basics"].decode(), 4)
+    assert "no network" in json.dumps([c.get("outputs", []) for c in notebook.cells])
+    assert scores(result)[0] == scores(result)[1]
+
+
+@needs_sandbox
+def test_no_background_process_outlives_its_kernel(graded_class):
+    """Is the lingering process gone after the batch (it dies with its kernel's sandbox)?"""
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert MARKER not in ps
+    result = graded_class["results"]["lingering-process"]
+    assert scores(result)[0] == scores(result)[1]
+
+
+@needs_sandbox
+@pytest.mark.parametrize("student, reason", [
+    ("memory-bomb", "ran out of its 1.5 GiB of memory"),
+    ("infinite-loop", "did not stop when interrupted"),
+    ("os-exit", "the kernel died"),
+])
+def test_a_stopped_kernel_keeps_the_points_earned_before(graded_class, student, reason):
+    """Does a kernel stopped by the memory cap, a hang or os._exit keep the points of the
+    cells that passed before it stopped (the KL cells), score 0 after, and give its reason
+    in the result and at the top of the autograded notebook?"""
+    result = graded_class["results"][student]
+    grades = _gradebook_scores(graded_class["root"], student)
+    assert grades["kl-formula-tests"] == (2.0, 2.0) and grades["kl-reduction-tests"] == (1.0, 1.0)
+    assert all(score == 0 for cell, (score, _) in grades.items() if not cell.startswith("kl-"))
+    assert reason in result.reason_text(), result.reason_text()
+    assert result.status == "stopped"
+    first = nbformat.reads(result.notebooks["vae_basics"].decode(), 4).cells[0]
+    assert first.source.startswith(GRADING_NOTE) and reason.lower() in first.source.lower()
+    assert result.seconds < LIMITS.notebook_timeout + 60
+
+
+@needs_sandbox
+def test_the_memory_cap_holds(graded_class):
+    """Did the memory bomb (6 GiB wanted) stop at the 1.5 GiB cap, where a cgroup measures it?"""
+    peak = graded_class["results"]["memory-bomb"].peak_memory
+    if peak == 0:
+        pytest.skip("no memory cgroup here (not root): RLIMIT_AS caps without measuring")
+    assert peak <= LIMITS.memory * 1.02
+
+
+@needs_sandbox
+def test_a_huge_print_is_cut(graded_class):
+    """Is a 50 MB print cut to the output cap, so that the autograded notebook stays small?"""
+    result = graded_class["results"]["huge-print"]
+    assert len(result.notebooks["vae_basics"]) < 2_000_000
+    assert "output cut here" in result.notebooks["vae_basics"].decode()
+    assert scores(result)[0] == scores(result)[1]
+
+
+@needs_sandbox
+@pytest.mark.parametrize("student, reason", [
+    ("truncated-notebook", "could not be read as a Jupyter notebook"),
+    ("nbformat-3", "could not be read as a Jupyter notebook"),
+    ("misnamed-notebook", "found my_answers.ipynb: rename it to vae_basics.ipynb"),
+    ("no-notebook", "vae_basics.ipynb is missing"),
+])
+def test_an_unreadable_or_missing_notebook_scores_zero_with_its_reason(graded_class, student,
+                                                                       reason):
+    """Does a notebook that cannot be graded score 0 with a reason, and still get an
+    autograded notebook (the feedback needs one)?"""
+    result = graded_class["results"][student]
+    assert scores(result)[0] == 0
+    assert result.status == "failed"
+    assert reason in result.reason_text(), result.reason_text()
+    assert (graded_class["root"] / "course" / "autograded" / student / "vae_basics"
+            / "vae_basics.ipynb").exists()
+
+
+@needs_sandbox
+def test_a_copy_pasted_test_cell_does_not_stop_the_batch(graded_class):
+    """Is a notebook with a copy-pasted test cell (a duplicated grade id, which nbgrader
+    rejects outright) graded like the original, the copy running as a plain cell?"""
+    result = graded_class["results"]["duplicated-cell"]
+    assert result.status == "graded", result.reason_text()
+    assert scores(result)[0] == scores(result)[1] > 0
+
+
+def test_read_submission_skips_links_and_oversized_files(tmp_path):
+    """Are links (a link to /etc/passwd) and files past the size limit left out, and said so?"""
+    (tmp_path / "a.ipynb").write_text("{}")
+    (tmp_path / "big.bin").write_bytes(b"x" * 5000)
+    (tmp_path / "passwd").symlink_to("/etc/passwd")
+    files, skipped = read_submission(tmp_path, limit=1000)
+    assert set(files) == {"a.ipynb"}
+    assert any("passwd is a link" in s for s in skipped)
+    assert any("big.bin" in s for s in skipped)
+
+
+def test_memory_sizes_parse():
+    """Do 4GiB, 512M and a plain number of bytes parse, and nonsense fail?"""
+    assert _parse_bytes("4GiB") == 4 * 2 ** 30
+    assert _parse_bytes("512M") == 512 * 2 ** 20
+    assert _parse_bytes("1000") == 1000
+    with pytest.raises(Exception):
+        _parse_bytes("lots")
+
+
+def test_the_sandbox_command_line_isolates(tmp_path):
+    """Does the kernel's bwrap command drop capabilities, unshare everything, clear the
+    environment and make only the notebook and runtime folders writable?"""
+    sandbox = Sandbox(workdir=tmp_path / "nb", runtime_dir=tmp_path / "rt",
+                      readonly=(Path(sys.prefix),), env={"HOME": "/tmp"})
+    argv = sandbox.bwrap_argv(["python"])
+    for flag in ("--unshare-all", "--cap-drop", "--die-with-parent", "--clearenv"):
+        assert flag in argv
+    writable = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert writable == [str(tmp_path / "rt"), str(tmp_path / "nb")]
+    assert str(REPO) not in " ".join(a for a in argv if a != str(sys.prefix)
+                                     and not a.startswith(str(sys.prefix)))
+
+
+def test_the_grader_refuses_without_a_sandbox(monkeypatch, tmp_path):
+    """Without bwrap, does the grade command refuse to run student code, say how to install
+    it and name the override, and exit non-zero?"""
+    from course import grade, sandbox
+
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap.*--unsafe-no-sandbox"):
+        sandbox.check_sandbox()
+    monkeypatch.setattr(grade, "check_sandbox", sandbox.check_sandbox)
+    with pytest.raises(SystemExit) as exit_info:
+        grade.main(["vae_basics", "--root", str(REPO)])
+    assert "refusing to run student code unsandboxed" in str(exit_info.value)
