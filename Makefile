@@ -10,7 +10,7 @@ setup:
 ## main: the instructor pipeline (release, simulated students, autograde, grades, feedback),
 ##       then the reference VAE benchmark (60 s of training, test ELBO and log p(x))
 main: setup
-	$(PY) course/pipeline.py
+	$(PY) -m course.pipeline
 	$(PY) -m dpm_core.reference $(ARGS)
 
 ## test: run the test suite
@@ -19,7 +19,7 @@ test:
 	$(PY) -m pytest $(ARGS)
 
 pipeline: setup
-	$(PY) course/pipeline.py
+	$(PY) -m course.pipeline
 
 reference: setup
 	$(PY) -m dpm_core.reference $(ARGS)

@@ -33,7 +33,8 @@ from typing import Iterable, Optional
 from course.sandbox import SandboxUnavailable, check_sandbox, gib
 from course.submission import MAX_SUBMISSION_BYTES, Job, Limits, Result, grade_submission
 
-__all__ = ["find_students", "read_submission", "grade_class", "format_summary", "main"]
+__all__ = ["find_students", "read_submission", "grade_class", "format_summary",
+           "course_assignments", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -243,9 +244,18 @@ def format_summary(results: list[Result], assignments: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list] = None) -> list[Result]:
+def course_assignments(root: Path) -> list[dict]:
+    """The assignments of ``<root>/course/assignments.json``, or, without that file, one per
+    folder of ``<root>/source`` with the notebooks it holds."""
     from course.pipeline import load_assignments
 
+    if (Path(root) / "course" / "assignments.json").exists():
+        return load_assignments(root)
+    return [{"name": d.name, "notebooks": sorted(p.stem for p in d.glob("*.ipynb"))}
+            for d in sorted((Path(root) / "source").iterdir()) if d.is_dir()]
+
+
+def main(argv: Optional[list] = None) -> list[Result]:
     parser = argparse.ArgumentParser(prog="python -m course.grade",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("assignments", nargs="*", help="assignment names (or --all)")
@@ -267,7 +277,7 @@ def main(argv: Optional[list] = None) -> list[Result]:
                              "(only where bubblewrap cannot run, and only for code you trust)")
     parser.add_argument("--root", type=Path, default=REPO, help="course root (default: repo)")
     args = parser.parse_args(argv)
-    known = {a["name"]: a for a in load_assignments(args.root)}
+    known = {a["name"]: a for a in course_assignments(args.root)}
     if args.all:
         chosen = list(known.values())
     else:

@@ -1,15 +1,19 @@
-"""The instructor pipeline, end to end, with two simulated students.
+"""The instructor pipeline, end to end, with a small simulated class.
 
 1. Generate the student versions: ``source/`` -> ``release/`` (nbgrader generate_assignment).
-2. Submit, for every assignment, the reference solution (student ``reference-solution``)
-   and the untouched release (student ``untouched-release``).
-3. Autograde them (nbgrader autograde), one student at a time, and time it.
+2. Submit, for every assignment, the reference solution (student ``reference-solution``),
+   the untouched release (student ``untouched-release``) and a hostile submission
+   (student ``hostile-student``: the release with a first cell that tries to delete the
+   gradebook, write into ``source/``, reach the network and leave a process behind).
+3. Grade the three with the class grader (``python -m course.grade``): each submission in
+   its own sandboxed scratch course, fanned out on a Dask LocalCluster, merged into the
+   one gradebook; print its summary.
 4. Print the grade table (student x assignment, points / max).
 5. Write the feedback HTML (nbgrader generate_feedback) and a CSV export of the grades.
 
 Run it from anywhere: ``python course/pipeline.py`` (``make main`` does). The state it
 writes lives under ``course/`` (gitignored). It only creates, grades and overwrites its own
-two simulated students, so a real course's submissions in the same folders are left alone.
+simulated students, so a real course's submissions in the same folders are left alone.
 """
 
 from __future__ import annotations
@@ -25,6 +29,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STUDENTS = {"reference-solution": "source", "untouched-release": "release"}
+HOSTILE = "hostile-student"
+#: the first cell of the hostile submission: each attempt fails quietly in the sandbox
+HOSTILE_CELL = """\
+import os, socket, subprocess, sys
+for _attempt in (
+    lambda: os.remove(os.path.join({root!r}, "course", "gradebook.db")),
+    lambda: open(os.path.join({root!r}, "source", "{assignment}", "{notebook}.ipynb"), "a").write("x"),
+    lambda: socket.create_connection(("127.0.0.1", {port}), timeout=3),
+    lambda: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"],
+                             start_new_session=True),
+):
+    try:
+        print("attempt:", _attempt())
+    except Exception as err:
+        print("blocked:", type(err).__name__, err)
+"""
 
 
 def load_assignments(repo: Path = REPO) -> list[dict]:
@@ -72,8 +92,26 @@ def submit(root: Path, assignments: list[dict], student: str, origin: str) -> No
             shutil.copy(root / origin / a["name"] / f"{nb}.ipynb", target / f"{nb}.ipynb")
 
 
+def submit_hostile(root: Path, assignments: list[dict], port: int) -> None:
+    """The release of every assignment with :data:`HOSTILE_CELL` first, as ``hostile-student``;
+    its network probe aims at ``127.0.0.1:port``."""
+    import nbformat
+
+    for a in assignments:
+        target = root / "course" / "submitted" / HOSTILE / a["name"]
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for nb in a["notebooks"]:
+            notebook = nbformat.read(root / "release" / a["name"] / f"{nb}.ipynb", 4)
+            code = HOSTILE_CELL.format(root=str(root), assignment=a["name"], notebook=nb, port=port)
+            notebook.cells.insert(1, nbformat.v4.new_code_cell(code))
+            nbformat.write(notebook, target / f"{nb}.ipynb")
+
+
 def autograde(root: Path, assignments: list[dict], student: str) -> float:
-    """Autograde one student's assignments; returns the seconds it took."""
+    """Autograde one student's assignments with plain serial nbgrader (no sandbox);
+    returns the seconds it took. The pipeline grades with :mod:`course.grade` instead."""
     start = time.perf_counter()
     for a in assignments:
         nbgrader(["autograde", a["name"], "--student", student, "--force"], root)
@@ -112,7 +150,8 @@ def format_table(table: dict, assignments: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(root: Path = REPO, assignments: list[dict] | None = None) -> dict:
+def run(root: Path = REPO, assignments: list[dict] | None = None,
+        workers: int | None = None) -> dict:
     """Run the whole pipeline; returns the grade table and timings."""
     assignments = assignments or load_assignments()
     (root / "course").mkdir(exist_ok=True)
@@ -121,39 +160,61 @@ def run(root: Path = REPO, assignments: list[dict] | None = None) -> dict:
     generate_release(root, assignments)
     print(f"   release/ written in {time.perf_counter() - start:.1f} s")
 
-    print("2. submitting: " + ", ".join(f"{s} ({o}/)" for s, o in STUDENTS.items()))
+    print("2. submitting: " + ", ".join(f"{s} ({o}/)" for s, o in STUDENTS.items())
+          + f", {HOSTILE} (release/ plus a hostile first cell)")
     for student, origin in STUDENTS.items():
         submit(root, assignments, student, origin)
+    import socket
 
-    print("3. autograding")
-    timings = {}
-    for student in STUDENTS:
-        timings[student] = autograde(root, assignments, student)
-        print(f"   {student}: {len(assignments)} notebooks in {timings[student]:.1f} s")
+    listener = socket.create_server(("127.0.0.1", 0))  # the hostile cell's network probe
+    listener.settimeout(0.1)
+    submit_hostile(root, assignments, listener.getsockname()[1])
+    students = [*STUDENTS, HOSTILE]
 
-    table = grade_table(root, assignments, list(STUDENTS))
+    print(f"3. grading {len(students)} students x {len(assignments)} assignments in the sandbox, "
+          f"on a Dask LocalCluster")
+    from course.grade import format_summary, grade_class
+
+    start = time.perf_counter()
+    try:
+        results = grade_class(root, assignments, students, workers=workers)
+        try:
+            listener.accept()
+            reached = "yes: THE SANDBOX LET IT THROUGH"
+        except OSError:
+            reached = "no"
+    finally:
+        listener.close()
+    wall = time.perf_counter() - start
+    print(format_summary(results, assignments))
+    print(f"   {HOSTILE}'s probe reached 127.0.0.1: {reached}")
+    timings = {s: sum(r.seconds for r in results if r.student == s) for s in students}
+
+    table = grade_table(root, assignments, students)
     print("\n4. grades: autograded points / autograded maximum (written answers are graded by hand)\n")
     print(format_table(table, assignments))
-    print(f"\n   autograding one student's {len(assignments)} notebooks took at most "
-          f"{max(timings.values()):.1f} s")
+    print(f"\n   grading {len(results)} submissions took {wall:.1f} s on {workers or os.cpu_count()} "
+          f"workers; one student's {len(assignments)} notebooks took at most "
+          f"{max(timings.values()):.1f} s of autograding")
 
     print("\n5. feedback")
     for a in assignments:
-        for student in STUDENTS:
+        for student in students:
             nbgrader(["generate_feedback", a["name"], "--student", student, "--force"], root)
     csv = root / "course" / "grades.csv"
     nbgrader(["export", "--to", str(csv)], root)
     feedback = sorted((root / "course" / "feedback").glob("*/*/*.html"))
     print(f"   {len(feedback)} feedback pages under {root / 'course' / 'feedback'}; grades in {csv}")
-    return {"table": table, "timings": timings, "feedback": feedback}
+    return {"table": table, "timings": timings, "feedback": feedback, "results": results}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO,
                         help="course root holding source/ (default: this repository)")
+    parser.add_argument("--workers", type=int, help="grading workers (default: the cores)")
     args = parser.parse_args(argv)
-    return run(args.root.resolve())
+    return run(args.root.resolve(), workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,7 +40,7 @@ from course.sandbox import KERNEL_NAME, MemoryCap, Sandbox, check_sandbox, gib, 
 __all__ = ["Limits", "Job", "Result", "grade_submission", "GRADING_NOTE"]
 
 #: the first words of the markdown cell that tells the student why grading stopped early
-GRADING_NOTE = "**Grading note.**"
+GRADING_NOTE = "**Grading note:**"
 #: what one submission may hold, in bytes: more is not copied (and the reason says so)
 MAX_SUBMISSION_BYTES = 64 * 2 ** 20
 
@@ -360,8 +361,8 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
             for cell in notebook.grade_cells:
                 grade = grades.get(cell.name)
                 score = grade.auto_score if grade is not None else None
-                if cell.cell_type == "code" and (score is None or failed):
-                    score = 0.0  # not run, not readable, or not graded: no points, never "pending"
+                if failed or (cell.cell_type == "code" and score is None):
+                    score = 0.0  # not run, not readable, not graded: no points, never "pending"
                 needs_manual = cell.cell_type != "code" and not failed
                 result.grades[(notebook.name, cell.name)] = (score, cell.max_score, needs_manual,
                                                              cell.cell_type == "code")
@@ -376,9 +377,9 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
         else:
             notebook = _stand_in(course, job, nb)
         if nb in result.reasons:
+            reason = re.sub(r"([\\`*_{}\[\]<>#|$])", r"\\\1", result.reasons[nb])  # literal text
             notebook.cells.insert(0, nbformat.v4.new_markdown_cell(
-                f"{GRADING_NOTE} {result.reasons[nb][0].upper()}{result.reasons[nb][1:]}. "
-                f"Cells that did not pass score 0."))
+                f"{GRADING_NOTE} {reason}. Cells that did not pass score 0."))
         result.notebooks[nb] = nbformat.writes(notebook).encode()
     if result.status != "error" and result.reasons:
         failed = [nb for nb in job.notebooks

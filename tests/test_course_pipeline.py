@@ -12,16 +12,13 @@ import html
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "course"))
-
-import pipeline  # noqa: E402
+from course import pipeline  # noqa: E402
 
 ASSIGNMENTS = pipeline.load_assignments()
 NAMES = [a["name"] for a in ASSIGNMENTS]

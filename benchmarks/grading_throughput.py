@@ -1,0 +1,81 @@
+"""Students per hour: serial nbgrader against the sandboxed Dask grader (1 and 2 workers).
+
+One simulated class (half reference solutions, half untouched releases, of every
+assignment) is graded three times, each time in a fresh copy of the same course:
+
+1. plain ``nbgrader autograde``, one student after the other, no sandbox (as before);
+2. ``course.grade`` with a LocalCluster of 1 worker (sandbox, limits, merge included);
+3. ``course.grade`` with 2 workers.
+
+The three runs follow each other in one process, so they meet the same machine; still, a
+figure taken while other work runs is worth little: run it on an idle machine.
+
+    python benchmarks/grading_throughput.py [--students 4] [--assignments vae_basics ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from course import pipeline
+from course.grade import grade_class, scores
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_course(folder: Path, assignments: list, students: int) -> list:
+    """A course in ``folder`` with its release and ``students`` submissions; their names."""
+    shutil.copytree(REPO / "source", folder / "source")
+    (folder / "course").mkdir()
+    pipeline.generate_release(folder, assignments)
+    names = []
+    for i in range(students):
+        origin = "source" if i % 2 == 0 else "release"
+        name = f"student-{i:02d}-{'reference' if origin == 'source' else 'release'}"
+        pipeline.submit(folder, assignments, name, origin)
+        names.append(name)
+    return names
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=4)
+    parser.add_argument("--assignments", nargs="+", help="default: all of assignments.json")
+    args = parser.parse_args(argv)
+    assignments = [a for a in pipeline.load_assignments()
+                   if not args.assignments or a["name"] in args.assignments]
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="dpm-bench-") as tmp:
+        for label, workers in (("serial nbgrader", None), ("course.grade, 1 worker", 1),
+                               ("course.grade, 2 workers", 2)):
+            course = Path(tmp) / label.replace(" ", "_").replace(",", "")
+            students = make_course(course, assignments, args.students)
+            start = time.perf_counter()
+            if workers is None:
+                for s in students:
+                    pipeline.autograde(course, assignments, s)
+                points = None
+            else:
+                results = grade_class(course, assignments, students, workers=workers,
+                                      progress=False)
+                points = sorted({scores(r) for r in results})
+            wall = time.perf_counter() - start
+            figures[label] = wall
+            print(f"{label:<26} {args.students} students x {len(assignments)} assignments: "
+                  f"{wall:7.1f} s, {wall / args.students:6.1f} s per student, "
+                  f"{3600 * args.students / wall:6.0f} students/hour"
+                  + (f"  (scores seen: {points})" if points else ""), flush=True)
+    ratio = figures["course.grade, 1 worker"] / figures["course.grade, 2 workers"]
+    print(f"2 workers grade {ratio:.2f}x as many students per hour as 1 worker, "
+          f"{figures['serial nbgrader'] / figures['course.grade, 2 workers']:.2f}x as serial "
+          f"nbgrader ({os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f})")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
