@@ -89,6 +89,7 @@ def _parse_bytes(text: str) -> int:
 
 def _client(workers: int, scheduler: Optional[str]):
     """A Dask client: of an existing scheduler, or of a new LocalCluster of ``workers``."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
@@ -96,6 +97,8 @@ def _client(workers: int, scheduler: Optional[str]):
     # grading work happens in nbgrader subprocesses, so the workers' own memory stays small;
     # the kernels are capped by the sandbox, not by Dask's memory manager
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # non-daemonic workers may fork nbgrader runs from a server that has it imported already
+    dask.config.set({"distributed.worker.daemon": False})
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            memory_limit=0, dashboard_address=None,
                            worker_dashboard_address=None, silence_logs=40)

@@ -37,7 +37,7 @@ import nbformat
 from course.sandbox import KERNEL_NAME, MemoryCap, Sandbox, check_sandbox, gib, python_folders, \
     write_kernelspec
 
-__all__ = ["Limits", "Job", "Result", "grade_submission", "GRADING_NOTE"]
+__all__ = ["Limits", "Job", "Result", "grade_submission", "run_nbgrader", "GRADING_NOTE"]
 
 #: the first words of the markdown cell that tells the student why grading stopped early
 GRADING_NOTE = "**Grading note:**"
@@ -315,16 +315,10 @@ def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCa
             result.reasons.setdefault(nb, f"not run: the submission used up its "
                                           f"{job.limits.submission_timeout} s")
             continue
-        command = [sys.executable, "-m", "nbgrader", "autograde", job.assignment,
-                   "--student", job.student, "--notebook", nb, "--force", "--log-level=WARN",
-                   f"--BoundedExecute.report_file={reports[nb]}"]
-        proc = subprocess.Popen(command, cwd=scratch, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=left)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
+        argv = ["autograde", job.assignment, "--student", job.student, "--notebook", nb,
+                "--force", "--log-level=WARN", f"--BoundedExecute.report_file={reports[nb]}"]
+        returncode, output = run_nbgrader(argv, scratch, env, left)
+        if returncode is None:
             result.reasons.setdefault(nb, f"stopped: the submission ran longer than its "
                                           f"{job.limits.submission_timeout} s")
         log.append(output)
@@ -332,12 +326,73 @@ def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCa
             stopped = json.loads(reports[nb].read_text()).get("stopped")
             if stopped:
                 result.reasons.setdefault(nb, stopped)
-        if proc.returncode not in (0, None) and nb not in result.reasons:
+        if returncode not in (0, None) and nb not in result.reasons:
             errors = [line.split("ERROR]", 1)[1].strip() for line in output.splitlines()
                       if "ERROR]" in line and "Please see" not in line and "There was an error" not in line]
             result.reasons[nb] = ("nbgrader could not grade this notebook: "
-                                  + (errors[0][:300] if errors else f"exit {proc.returncode}"))
+                                  + (errors[0][:300] if errors else f"exit {returncode}"))
     result.log = "\n".join(log)[-20_000:]
+
+
+#: what the fork server imports once: nbgrader alone takes 1 to 2.5 s to import, which every
+#: notebook would pay again in a fresh process
+_PRELOAD = ["nbgrader.apps.autogradeapp", "course.grading_plugins"]
+
+
+def run_nbgrader(argv: list, cwd: Path, env: dict, timeout: float) -> tuple:
+    """Run ``nbgrader ARGV`` in ``cwd`` with ``env``; ``(exit code or None if killed at the
+    timeout, its output)``.
+
+    The run is a child process, so that it can be killed: forked from a server that has
+    nbgrader imported already (``multiprocessing``'s forkserver), or, where this process may
+    not have children of that kind (a daemonic Dask worker), a plain ``python -m nbgrader``.
+    """
+    import multiprocessing
+
+    log = Path(cwd) / f"nbgrader-{uuid.uuid4().hex[:8]}.log"
+    if multiprocessing.current_process().daemon:
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "nbgrader", *argv], cwd=cwd, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                returncode = None
+    else:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        child = context.Process(target=_nbgrader_child, args=(argv, str(cwd), env, str(log)))
+        child.start()
+        child.join(timeout)
+        if child.is_alive():
+            os.killpg(child.pid, signal.SIGKILL)
+            child.join()
+            returncode = None
+        else:
+            returncode = child.exitcode
+    output = log.read_text(errors="replace") if log.exists() else ""
+    log.unlink(missing_ok=True)
+    return returncode, output
+
+
+def _nbgrader_child(argv: list, cwd: str, env: dict, log: str) -> None:
+    """The body of a forked nbgrader run: its own session, output, folder and environment."""
+    import tempfile as _tempfile
+
+    os.setsid()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    _tempfile.tempdir = None  # the server may have cached another TMPDIR
+    from nbgrader.apps.autogradeapp import AutogradeApp
+
+    # traitlets reads TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR at import, in the server
+    AutogradeApp.launch_instance(argv[1:], raise_config_file_errors=True)
 
 
 def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:

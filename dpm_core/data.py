@@ -38,6 +38,7 @@ References:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import numbers
 import os
@@ -205,7 +206,7 @@ def data_cache_dir() -> Path:
     Decompressing the training images takes a few tenths of a second idle and seconds on a
     busy machine, in every notebook and every graded kernel; the raw copy reads in well
     under a tenth. It is written on the first read (atomically; nothing is written where
-    the folder is read-only) and keyed by the file's name, size and modification time.
+    the folder is read-only) and keyed by the file's path, size and modification time.
     """
     if os.environ.get("DPM_DATA_CACHE"):
         return Path(os.environ["DPM_DATA_CACHE"])
@@ -221,7 +222,8 @@ def _cache_path(path: Path) -> Optional[Path]:
         stat = path.stat()
     except OSError:
         return None
-    return data_cache_dir() / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return data_cache_dir() / f"{path.stem}-{where}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _write_cache(cached: Optional[Path], raw: bytes) -> None:

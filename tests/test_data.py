@@ -109,6 +109,14 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cwd
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's decompressed-data cache in its own folder, not the user's."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DPM_DATA_CACHE", str(cache))
+    return cache
+
+
 IMAGES, LABELS = TRAIN_X.unsqueeze(1), TRAIN_Y.long()  # as ImageData holds them
 
 
@@ -127,6 +135,28 @@ def test_read_idx_round_trip(tmp_path, key, gz):
     out = read_idx(path)
     assert out.dtype == torch.uint8
     assert_close(out, ARRAYS[key], rtol=0, atol=0)
+
+
+def test_read_idx_caches_a_gzipped_file_decompressed(tmp_path, private_cache):
+    """Is a gzipped file decompressed once into the cache, read from there afterwards, and
+    read afresh when the file changes?"""
+    path = write_idx(tmp_path / "train-images-idx3-ubyte.gz", idx_bytes(TRAIN_X), gz=True)
+    assert_close(read_idx(path), TRAIN_X, rtol=0, atol=0)
+    [cached] = private_cache.iterdir()
+    assert cached.read_bytes() == idx_bytes(TRAIN_X)
+    cached.write_bytes(idx_bytes(TEST_X))  # the cache, not the file, is what is read now
+    assert_close(read_idx(path), TEST_X, rtol=0, atol=0)
+    write_idx(path, idx_bytes(TRAIN_X[:3]), gz=True)  # a new file: a new key
+    assert_close(read_idx(path), TRAIN_X[:3], rtol=0, atol=0)
+
+
+def test_read_idx_works_with_a_read_only_cache(tmp_path, monkeypatch):
+    """Does reading still work where the cache cannot be written (a sandboxed kernel)?"""
+    cache = tmp_path / "not-a-folder"
+    cache.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("DPM_DATA_CACHE", str(cache))
+    path = write_idx(tmp_path / "labels.gz", idx_bytes(TRAIN_Y), gz=True)
+    assert_close(read_idx(path), TRAIN_Y, rtol=0, atol=0)
 
 
 def test_read_idx_detects_gzip_by_content(tmp_path):
