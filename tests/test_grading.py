@@ -457,3 +457,27 @@ def test_feedback_is_small_and_says_why(graded_class, student):
     if result.reasons:
         assert "Grading note:" in page.read_text()
         assert result.reasons["vae_basics"].split(";")[0][:40] in page.read_text()
+
+
+def test_the_launcher_caps_the_address_space_without_a_cgroup():
+    """Without a cgroup (grading as a normal user), does the kernel launcher's RLIMIT_AS stop
+    an allocation past the cap with a MemoryError, while one under it works?"""
+    cap = 2 * 2 ** 30
+    launch = [sys.executable, "-m", "course.sandbox", "launch", "--address-space", str(cap), "--",
+              sys.executable, "-c"]
+    small = subprocess.run([*launch, "b = bytearray(2 ** 28); print('fits')"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert small.returncode == 0 and "fits" in small.stdout, small.stderr
+    big = subprocess.run([*launch, f"bytearray({2 * cap})"], capture_output=True, text=True,
+                         timeout=60, cwd=REPO)
+    assert big.returncode != 0 and "MemoryError" in big.stderr
+
+
+def test_the_launcher_joins_the_cgroup(tmp_path):
+    """Does the launcher put itself (and so the sandbox it becomes) into the given cgroup?
+    (A fake cgroup folder: the launcher only writes its pid to cgroup.procs.)"""
+    run = subprocess.run([sys.executable, "-m", "course.sandbox", "launch", "--cgroup",
+                          str(tmp_path), "--", sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "cgroup.procs").read_text() == run.stdout.strip()
