@@ -1,0 +1,71 @@
+"""Helpers shared by the checks of several graded cells.
+
+``python -m course.sync_checks`` copies the source of every helper a check uses into the
+check's hidden region, so each helper must be self-contained: it may use the imports of
+this module and the other helpers here, nothing else.
+"""
+
+import torch
+import torch.distributions as td
+
+from dpm_core.grading import expect_distribution
+
+__all__ = ["expect_batch_event", "expect_raises", "known_mistake", "pca_problem"]
+
+
+def expect_batch_event(d, batch_shape, event_shape, what):
+    """Check a distribution's batch and event shapes.
+
+    When the event dimensions ended up in the batch shape, the message says so.
+
+    Raises:
+        AssertionError: ``d`` is no distribution, or has other shapes.
+    """
+    if isinstance(d, td.Distribution):
+        got = (tuple(d.batch_shape), tuple(d.event_shape))
+        if got != (tuple(batch_shape), tuple(event_shape)) and \
+                got[0] + got[1] == tuple(batch_shape) + tuple(event_shape):
+            raise AssertionError(
+                f"{what} has batch_shape {list(got[0])} and event_shape {list(got[1])}, expected "
+                f"{list(batch_shape)} and {list(event_shape)}: did you forget td.Independent, or "
+                f"reinterpret the wrong number of dimensions as event dimensions?")
+    expect_distribution(d, batch_shape, event_shape, what)
+
+
+def expect_raises(error: type, call, message: str) -> None:
+    """Check that ``call()`` raises ``error``.
+
+    Raises:
+        AssertionError: with ``message``, when ``call()`` returns instead.
+    """
+    try:
+        call()
+    except error:
+        return
+    raise AssertionError(message)
+
+
+def known_mistake(got: torch.Tensor, known: list, rtol: float, atol: float,
+                  default: str = None) -> str:
+    """The message of the first known mistake whose value matches ``got``.
+
+    Args:
+        got: the student's value.
+        known: ``(value, message)`` pairs: what a known mistake computes, and what to tell.
+        rtol, atol: the tolerance of a match (looser than the exact comparison that failed).
+        default: the message when no known mistake matches.
+    """
+    for value, message in known:
+        if torch.allclose(got, value, rtol=rtol, atol=atol):
+            return message
+    return default
+
+
+def pca_problem(device):
+    """400 points in 6-D with distinct variances along random axes, far from the origin."""
+    gen = torch.Generator().manual_seed(3)
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    stds = torch.tensor([3.0, 2.0, 1.2, 0.7, 0.4, 0.2], dtype=torch.float64)
+    offset = 8.0 * torch.randn(6, generator=gen, dtype=torch.float64)
+    return ((torch.randn(400, 6, generator=gen, dtype=torch.float64) * stds) @ basis.T
+            + offset).to(device)
