@@ -46,11 +46,21 @@ def _definitions(text: str, tree: ast.Module) -> dict:
             start = min([node.lineno] + [d.lineno for d in node.decorator_list])
             lines = text.splitlines()[start - 1:node.end_lineno]
             defs[node.name] = "\n".join(lines)
-        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
-            for target in node.targets:
-                if target.id not in ("__all__", "CHECKS"):
-                    defs[target.id] = ast.get_source_segment(text, node)
+        elif isinstance(node, ast.Assign):
+            names = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            for name in names:
+                if name not in ("__all__", "CHECKS"):
+                    defs[name] = _with_comments(text, node)
     return defs
+
+
+def _with_comments(text: str, node: ast.stmt) -> str:
+    """The statement's source with the comment lines right above it (a constant's doc comment)."""
+    lines = text.splitlines()
+    start = node.lineno - 1
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1
+    return "\n".join(lines[start:node.end_lineno])
 
 
 def _imports(tree: ast.Module) -> list[tuple]:
@@ -106,7 +116,7 @@ def hidden_code(assignment: str, grade_id: str) -> str:
                if (asname or name.split(".")[0]) in used]
     parts = [f"# Generated from course/checks/{assignment}.py by `python -m course.sync_checks`: "
              f"edit the check there, not here.\n" + "\n".join(_import_lines(imports))]
-    parts += [pool[n][1] for n in ordered]
+    parts += list(dict.fromkeys(pool[n][1] for n in ordered))
     parts.append(f"{check.__name__}(globals())")
     return "\n\n\n".join(parts)
 

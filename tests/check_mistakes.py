@@ -50,6 +50,35 @@ _POSTERIOR = "return td.Categorical(logits=log_joint.movedim(0, -1))  # batch_sh
 _NAIVE = "return self.obs_model(z).log_prob(x).mean(dim=0)  # batch_shape"
 
 
+def _inf(cell, old, new, check, *words, accepted=""):
+    return Mistake("dpm2_inference", cell, old, new, check, words, accepted)
+
+
+_GAUSS_SCALES = "nn.Softplus(),\n            ReshapeLast(self.outcome_shape))"
+_MOG_SCALES = "nn.Softplus(),\n            ReshapeLast(component_shape))"
+_GAUSS_Q = ("return td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(h)),\n"
+            "                              len(self.outcome_shape))")
+_DRL_RATE = ("kl = closed_form_kl(qz, pz)\n        R = kl if kl is not None else (log_qz - log_pz).mean(0)\n"
+             "        # log")
+_DRL_L = "L = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(S)"
+_SCORE = ("r, cv_loss = self.cv_model(reward.detach(), x=x, q=qz, r_fn=r_fn)\n"
+          "            # the score term: its gradient is (r - b) grad log q(z|x), and it must not reach theta\n"
+          "            surrogate = log_px_z.mean(0) + (r.detach() * log_qz).mean(0)")
+_CENTRE = "self.r_mean.mul_(1.0 - self.alpha).add_(self.alpha * r.mean())"
+
+
+def _is(cell, old, new, check, *words, accepted=""):
+    return Mistake("importance_sampling", cell, old, new, check, words, accepted)
+
+
+_MARGINAL_COV = "cov = W @ W.T + sigma ** 2 * torch.eye(D, dtype=W.dtype, device=W.device)"
+_POST_M = "M = W.T @ W + sigma ** 2 * torch.eye(K, dtype=W.dtype, device=W.device)"
+_IWAE = "return torch.logsumexp(log_weights, dim=0) - math.log(S)"
+_LW = "return joint.log_prob(z, x) - qz.log_prob(z)"
+_ELBO = "return log_weights(x, qz, joint, num_samples).mean(dim=0)"
+_LPE = "return iwae_bound(log_weights(x, qz, joint, num_samples))"
+
+
 MISTAKES = [
     # vae_basics: the KL formula (the hidden test's list of known mistakes, and more)
     _vae("kl-solution", _KL, "-" + _KL, "kl-formula-tests", "sign is flipped"),
@@ -228,4 +257,142 @@ MISTAKES = [
     _gen("joint-distribution-solution", _NAIVE,
          "return self.obs_model(z).log_prob(x).mean(dim=0).detach()",
          "joint-naive-bound-tests", "gradient"),
+    # dpm2_inference: the CPD nets
+    _inf("gaussian-cpd-solution", _GAUSS_SCALES, "ReshapeLast(self.outcome_shape))",
+         "gaussian-cpd-tests", "softplus"),
+    _inf("gaussian-cpd-solution", _GAUSS_Q,
+         "return td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(h)), 1)",
+         "gaussian-cpd-tests", "td.Independent"),
+    _inf("gaussian-cpd-solution", _GAUSS_Q, "return td.Normal(loc=self.locs(h), scale=self.scales(h))",
+         "gaussian-cpd-tests", "td.Independent"),
+    _inf("gaussian-cpd-solution", _GAUSS_Q,
+         "return td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(torch.zeros_like(h))),\n"
+         "                              len(self.outcome_shape))",
+         "gaussian-cpd-tests", "depend on the inputs"),
+    _inf("mog-cpd-solution", _MOG_SCALES, "ReshapeLast(component_shape))", "mog-cpd-tests", "softplus"),
+    _inf("mog-cpd-solution", "td.Categorical(logits=self.logits(h))",
+         "td.Categorical(logits=self.logits(torch.zeros_like(h)))", "mog-cpd-tests", "mixing weights"),
+    _inf("mog-cpd-solution", "len(self.outcome_shape))\n        return td.MixtureSameFamily",
+         "1)\n        return td.MixtureSameFamily", "mog-cpd-tests", "td.Independent over all outcome dimensions"),
+    # dpm2_inference: NVIL.DRL
+    _inf("nvil-solution", _DRL_RATE, _DRL_RATE.replace("closed_form_kl(qz, pz)", "closed_form_kl(pz, qz)"),
+         "nvil-drl-tests", "KL"),
+    _inf("nvil-solution", _DRL_RATE, _DRL_RATE.replace("(log_qz - log_pz)", "(log_pz - log_qz)"),
+         "nvil-drl-tests", "log q(z_s|x) - log p(z_s)"),
+    _inf("nvil-solution", _DRL_L, "L = (log_px_z + log_pz - log_qz).mean(0)", "nvil-drl-tests", "L"),
+    _inf("nvil-solution", _DRL_L, "L = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0)",
+         "nvil-drl-tests", "L"),
+    _inf("nvil-solution", "D = -log_px_z.mean(0)\n        kl = closed_form_kl(qz, pz)\n",
+         "D = log_px_z.mean(0)\n        kl = closed_form_kl(qz, pz)\n", "nvil-drl-tests", "D"),
+    # dpm2_inference: NVIL.forward
+    _inf("nvil-solution", "z = qz.rsample((S,)) if pathwise else qz.sample((S,))", "z = qz.sample((S,))",
+         "nvil-forward-tests", "rsample"),
+    _inf("nvil-solution", "surrogate = -D - rate_weight * R", "surrogate = -D - R",
+         "nvil-forward-tests", "rate_weight"),
+    _inf("nvil-solution", '"ELBO": (-D - R).mean().item()', '"ELBO": surrogate.mean().item()',
+         "nvil-forward-tests", "surrogate"),
+    _inf("nvil-solution", "raise ValueError(f\"estimator must be", "print(f\"estimator must be",
+         "nvil-forward-tests", "unknown estimator"),
+    _inf("nvil-solution", _SCORE,
+         _SCORE.replace("reward.detach()", "reward").replace("r.detach() * log_qz", "r * log_qz"),
+         "nvil-sfe-tests", "detach"),
+    _inf("nvil-solution", "(-rate_weight * kl if kl is not None", "(rate_weight * kl if kl is not None",
+         "nvil-cv-hookup-tests", "rate_weight * KL(q || p)"),
+    _inf("nvil-solution",
+         "reward = log_px_z if kl is not None else log_px_z - rate_weight * (log_qz - log_pz)",
+         "reward = log_px_z", "nvil-cv-hookup-tests", "sampled rate"),
+    _inf("nvil-solution", "loss = -surrogate.mean() + cv_loss.mean()", "loss = -surrogate.mean()",
+         "nvil-cv-hookup-tests", "control variate's loss"),
+    _inf("nvil-solution", "surrogate = log_px_z.mean(0) + (r.detach() * log_qz).mean(0)",
+         "surrogate = log_px_z.mean(0) + (reward.detach() * log_qz).mean(0)",
+         "nvil-cv-hookup-tests", "control variate's output"),
+    # dpm2_inference: the control variates
+    _inf("cv-running-solution", _CENTRE, "self.r_mean.mul_(self.alpha).add_((1.0 - self.alpha) * r.mean())",
+         "cv-centred-tests", "alpha"),
+    _inf("cv-running-solution", "centred = r - self.r_mean", "centred = r - r.mean()",
+         "cv-centred-tests", "running"),
+    _inf("cv-running-solution", ".clamp_(min=1.0)", "", "cv-scaled-tests", "floor it at 1"),
+    _inf("cv-running-solution", "scaled = r / self.r_std", "scaled = r * self.r_std",
+         "cv-scaled-tests", "divide"),
+    _inf("cv-critic-solution", "baseline = r_fn(q.sample(sample_shape), x)", "baseline = r_fn(q.sample(), x)",
+         "cv-selfcritic-tests", "fresh draw"),
+    _inf("cv-critic-solution", "return r - baseline, torch.zeros_like(r)",
+         "return baseline - r, torch.zeros_like(r)", "cv-selfcritic-tests", "r - r_fn"),
+    _inf("cv-critic-solution", "return r - b.detach(), (r - b) ** 2", "return r - b, (r - b) ** 2",
+         "cv-baseline-tests", "detach the baseline"),
+    _inf("cv-critic-solution", "return r - b.detach(), (r - b) ** 2",
+         "return r - b.detach(), (r - b.detach()) ** 2", "cv-baseline-tests", "no gradient to b"),
+    _inf("cv-critic-solution", "return r - b.detach(), (r - b) ** 2",
+         "return r - b.detach(), (r - b).abs()", "cv-baseline-tests", "(r - b(x)) ** 2"),
+    _inf("cv-critic-solution", "loss = loss + extra", "loss = extra", "cv-chain-tests", "sum"),
+    _inf("cv-critic-solution", "members = control_variates[0].items()",
+         "members = ((str(i), cv) for i, cv in enumerate(control_variates[0].values()))",
+         "cv-chain-tests", "keys"),
+    # importance_sampling: PCA
+    _is("pca-solution", "cov = Xc.T @ Xc / X.shape[0]", "cov = X.T @ X / X.shape[0]",
+        "pca-basis-tests", "centre the data"),
+    _is("pca-solution", "W = eigvecs.flip(-1)[:, :num_components]", "W = eigvecs[:, :num_components]",
+        "pca-basis-tests", "SMALLEST"),
+    _is("pca-solution", "W = eigvecs.flip(-1)[:, :num_components]",
+        "W = eigvecs.flip(-1).T[:, :num_components]", "pca-basis-tests", "eigenvectors"),
+    _is("pca-solution", "return mean, W, Xc @ W", "return mean, W, X @ W", "pca-encoding-tests",
+        "subtract the mean"),
+    _is("pca-solution", "return mean, W, Xc @ W", "return mean, W, Xc @ W @ W.T", "pca-encoding-tests",
+        "Z"),
+    # importance_sampling: PPCA in closed form
+    _is("ppca-solution", _MARGINAL_COV, _MARGINAL_COV.replace("sigma ** 2 *", "sigma *"),
+        "ppca-marginal-tests", "sigma^2, not sigma"),
+    _is("ppca-solution", _MARGINAL_COV, _MARGINAL_COV.replace("sigma ** 2 *", ""),
+        "ppca-marginal-tests", "not W W^T + I"),
+    _is("ppca-solution", _MARGINAL_COV, "cov = W @ W.T", "ppca-marginal-tests", "singular"),
+    _is("ppca-solution", "return td.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)",
+        "return td.Independent(td.Normal(b, cov.diagonal().sqrt()), 1).log_prob(x)",
+        "ppca-marginal-tests", "only the diagonal"),
+    _is("ppca-solution", "mean = (x - b) @ W @ M_inv", "mean = (x - b) @ W", "ppca-posterior-mean-tests",
+        "left out M^{-1}"),
+    _is("ppca-solution", "mean = (x - b) @ W @ M_inv", "mean = x @ W @ M_inv", "ppca-posterior-mean-tests",
+        "subtract b"),
+    _is("ppca-solution", _POST_M, _POST_M.replace("sigma ** 2 *", "sigma *"), "ppca-posterior-mean-tests",
+        "sigma squared"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)", "covariance_matrix=M_inv)",
+        "ppca-posterior-cov-tests", "left out sigma^2"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)", "covariance_matrix=sigma * M_inv)",
+        "ppca-posterior-cov-tests", "sigma squared"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)", "covariance_matrix=sigma ** 2 * M)",
+        "ppca-posterior-cov-tests", "inverse of M"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)",
+        "covariance_matrix=torch.diag_embed((sigma ** 2 * M_inv).diagonal()))",
+        "ppca-posterior-cov-tests", "not diagonal"),
+    # importance_sampling: the IWAE bound
+    _is("iwae-bound-solution", _IWAE, "return torch.logsumexp(log_weights, dim=0)", "iwae-bound-tests",
+        "subtract log S"),
+    _is("iwae-bound-solution", _IWAE, "return log_weights.mean(0)", "iwae-bound-tests",
+        "averages the log-weights"),
+    _is("iwae-bound-solution", _IWAE, "return torch.logsumexp(log_weights, dim=-1) - math.log(S)",
+        "iwae-bound-tests", "iwae_bound"),
+    _is("iwae-bound-solution", _IWAE, "return torch.log(torch.exp(log_weights).mean(0))",
+        "iwae-stability-tests", "logsumexp"),
+    # importance_sampling: the estimators
+    _is("estimators-solution", "z = qz.rsample((num_samples,))", "z = qz.sample((num_samples,))",
+        "log-weights-tests", "rsample"),
+    _is("estimators-solution", _LW, "return qz.log_prob(z) - joint.log_prob(z, x)", "log-weights-tests",
+        "wrong sign"),
+    _is("estimators-solution", _LW, "return joint.log_prob(z, x)", "log-weights-tests", "log p(x)"),
+    _is("estimators-solution", _ELBO, "return iwae_bound(log_weights(x, qz, joint, num_samples))",
+        "elbo-estimate-tests", "ELBO"),
+    _is("estimators-solution", _ELBO, "return log_weights(x, qz, joint, num_samples).sum(dim=0)",
+        "elbo-estimate-tests", "ELBO"),
+    _is("estimators-solution", _LPE, "return log_weights(x, qz, joint, num_samples).mean(0)",
+        "log-prob-estimate-tests", "average the log-weights"),
+    _is("estimators-solution", _LPE, "return iwae_bound(log_weights(x, qz, joint, 1))",
+        "log-prob-estimate-tests", "grows too little with S"),
+    # importance_sampling: per-datapoint inference
+    _is("per-datapoint-solution", "loss = -elbo_estimate(", "loss = elbo_estimate(", "per-datapoint-tests",
+        "minimise the ELBO"),
+    _is("per-datapoint-solution", "td.Normal(loc.detach(), F.softplus(raw_scale).detach())",
+        "td.Normal(loc.detach(), raw_scale.detach().abs())", "per-datapoint-tests", "returned scales"),
+    _is("per-datapoint-solution", "return td.Independent(td.Normal(loc.detach(),",
+        "return td.Independent(td.Normal(loc,", "per-datapoint-tests", "detach"),
+    _is("per-datapoint-solution", "for _ in range(num_steps):", "for _ in range(num_steps // 50):",
+        "per-datapoint-tests", "nats below log p(x)"),
 ]

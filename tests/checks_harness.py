@@ -28,7 +28,7 @@ CONTEXT_CELLS = {
     "vae_basics": ["setup"],
     "dpm2_generative": ["setup", "test-helpers", "image-model-base", "tiny-model"],
     "dpm2_inference": ["setup", "cpd-check-helper", "ppca-testbed"],
-    "importance_sampling": ["setup", "data", "fixtures"],
+    "importance_sampling": ["setup", "fixtures"],
 }
 #: the assignments whose hidden tests are checks modules already
 ASSIGNMENTS = [a for a in CONTEXT_CELLS if (REPO / "course" / "checks" / f"{a}.py").exists()]
@@ -75,12 +75,19 @@ def reference_namespace(assignment: str, replace: tuple | None = None) -> dict:
                                      f"{source.count(replace[1])} times, expected once")
                 source = source.replace(replace[1], replace[2])
             exec(compile(_code(source), f"<{assignment}:{grade_id}>", "exec"), ns)
+    if "matplotlib.pyplot" in sys.modules:  # a set-up cell may draw; nobody looks here
+        sys.modules["matplotlib.pyplot"].close("all")
     return ns
 
 
 def visible_part(assignment: str, grade_id: str) -> str:
     """The code of a graded test cell before its hidden region."""
     return _code(notebook_cells(assignment)[grade_id].source.split(BEGIN)[0])
+
+
+def needs_visible_part(ns: dict, assignment: str, grade_id: str) -> bool:
+    """Whether the check reads a name from ``ns`` that only its cell's visible part defines."""
+    return not _names_read(assignment, grade_id) <= set(ns)
 
 
 def _names_read(assignment: str, grade_id: str) -> set:
@@ -95,7 +102,7 @@ def run_check(ns: dict, assignment: str, grade_id: str, visible: bool | None = N
     they define. Failures of the self-checks are ignored here: the check is what is graded.
     """
     if visible is None:
-        visible = not _names_read(assignment, grade_id) <= set(ns)
+        visible = needs_visible_part(ns, assignment, grade_id)
     if visible:
         try:
             exec(compile(visible_part(assignment, grade_id), f"<{grade_id} visible>", "exec"), ns)
@@ -104,10 +111,12 @@ def run_check(ns: dict, assignment: str, grade_id: str, visible: bool | None = N
     checks(assignment)[grade_id](ns)
 
 
-def outcomes(assignment: str, replace: tuple | None = None, after: str | None = None) -> dict:
-    """``{grade id: None if its check passed, else "ErrorType: message"}`` for every check of
-    the assignment (those after the cell ``after`` in notebook order, when given), run on the
-    namespace of ``reference_namespace(assignment, replace)`` with torch seeded 0 before each."""
+def outcomes(assignment: str, replace: tuple | None = None, after: str | None = None,
+             only: list | None = None) -> dict:
+    """``{grade id: None if its check passed, else "ErrorType: message"}`` for the checks of
+    the assignment (those after the cell ``after`` in notebook order, when given; only those
+    in ``only``, when given), run on the namespace of ``reference_namespace(assignment,
+    replace)`` with torch seeded 0 before each."""
     import torch
 
     ns = reference_namespace(assignment, replace)
@@ -115,6 +124,8 @@ def outcomes(assignment: str, replace: tuple | None = None, after: str | None = 
     results = {}
     for grade_id in checks(assignment):
         if after is not None and order.index(grade_id) < order.index(after):
+            continue
+        if only is not None and grade_id not in only:
             continue
         torch.manual_seed(0)
         try:

@@ -3,12 +3,17 @@
 Do the committed notebooks hold what ``python -m course.sync_checks`` generates, does every
 check pass the reference solution (for many seeds), and does every realistic mistake of
 ``tests/check_mistakes.py`` fail the check of its exercise, with a message that names it,
-while the valid variants of ``tests/check_variants.py`` pass? Set ``DPM_CHECK_SEEDS`` to run
-the stability test with more seeds than the default 20 (the issue asks for 100 once).
+while the valid variants of ``tests/check_variants.py`` pass?
+
+The default run takes under a minute: the seed test covers the checks that run in a fraction
+of a second, and a mistake runs only the check that must catch it. ``DPM_CHECKS_FULL=1`` runs
+every check for 100 seeds and every check downstream of each mistake, to report the checks
+that charge a mistake twice (a few minutes).
 """
 
 import os
 import shutil
+import time
 from collections import Counter
 
 import pytest
@@ -16,25 +21,32 @@ import torch
 
 import check_mistakes
 import check_variants
-from checks_harness import (ASSIGNMENTS, REPO, checks, outcomes, reference_namespace,
-                            run_check, visible_part)
+from checks_harness import (ASSIGNMENTS, REPO, checks, needs_visible_part, outcomes,
+                            reference_namespace, run_check, visible_part)
 
 from course import sync_checks
 
-#: seeds of the stability test; DPM_CHECK_SEEDS=100 for the long run
-NUM_SEEDS = int(os.environ.get("DPM_CHECK_SEEDS", "20"))
+#: the long run: every check for 100 seeds, and every check downstream of each mistake
+FULL = os.environ.get("DPM_CHECKS_FULL", "") == "1"
+#: seeds of the stability test
+NUM_SEEDS = 100 if FULL else 20
+#: in the default run, the stability test leaves out checks slower than this (seconds; the
+#: slow ones are the gradient and variance checks, which have fixed seeds and 5-standard-error
+#: tolerances; the full run covers them)
+FAST_CHECK_S = 0.1
 CHECK_IDS = [(a, g) for a in ASSIGNMENTS for g in checks(a)]
 
 
 @pytest.fixture(scope="module")
 def namespaces() -> dict:
     """The reference namespace of every assignment after its solution cells and the visible
-    parts of its graded cells (which define names that some checks read), built once."""
+    parts of the graded cells that define names their checks read, built once."""
     built = {}
     for assignment in ASSIGNMENTS:
         ns = built[assignment] = reference_namespace(assignment)
         for grade_id in checks(assignment):
-            exec(visible_part(assignment, grade_id), ns)  # names some checks read
+            if needs_visible_part(ns, assignment, grade_id):
+                exec(visible_part(assignment, grade_id), ns)
     return built
 
 
@@ -90,19 +102,30 @@ def test_check_passes_the_reference(assignment, grade_id, namespaces):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_checks_pass_the_reference_for_many_seeds(assignment, namespaces):
-    """Does every check pass the reference whatever torch's global seed (NUM_SEEDS seeds,
-    torch.manual_seed(seed) before each check)? Checks with a statistical part fix their own
-    seeds; this catches those that draw something from the global generator."""
+def test_checks_pass_the_reference_for_many_seeds(assignment, namespaces, monkeypatch):
+    """Does every check pass the reference whatever its random draws? For each of NUM_SEEDS
+    seeds, torch.manual_seed(seed) runs before each check and the check's own calls to
+    torch.manual_seed are disabled, so that its draws, not only the global state, change:
+    a tolerance tuned to one lucky seed fails here (the MoGCPDNet check did, for about a third
+    of the seeds, until its gradient test stopped using inputs of scale 10)."""
     ns = namespaces[assignment]
-    failed = Counter()
-    for seed in range(NUM_SEEDS):
-        for grade_id in checks(assignment):
-            torch.manual_seed(seed)
+    seed = torch.manual_seed
+    failed, skipped = Counter(), []
+    for grade_id, check in checks(assignment).items():
+        start = time.perf_counter()
+        run_check(ns, assignment, grade_id, visible=False)
+        if not FULL and time.perf_counter() - start > FAST_CHECK_S:
+            skipped.append(grade_id)
+            continue
+        for s in range(NUM_SEEDS):
+            seed(s)
+            monkeypatch.setattr(torch, "manual_seed", lambda _: None)
             try:
-                run_check(ns, assignment, grade_id, visible=False)
+                check(ns)
             except AssertionError as error:
                 failed[f"{grade_id}: {str(error)[:120]}"] += 1
+            finally:
+                monkeypatch.setattr(torch, "manual_seed", seed)
     assert not failed, f"checks failed the reference for some of {NUM_SEEDS} seeds: {dict(failed)}"
 
 
@@ -141,7 +164,8 @@ VARIANTS = [v for v in check_variants.VARIANTS if v.assignment in ASSIGNMENTS]
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[f"{m.check}:{m.new[:40]}" for m in MISTAKES])
 def test_mistake_fails_its_check_with_a_message_that_names_it(mistake, catalogue_report):
     """Does this realistic mistake fail the check of its exercise, with a message that names it?"""
-    got = outcomes(mistake.assignment, (mistake.cell, mistake.old, mistake.new), after=mistake.cell)
+    got = outcomes(mistake.assignment, (mistake.cell, mistake.old, mistake.new), after=mistake.cell,
+                   only=None if FULL else [mistake.check])
     message = got[mistake.check]
     named = message is not None and all(w.lower() in message.lower() for w in mistake.words)
     others = [g for g, m in got.items() if m is not None and g != mistake.check]

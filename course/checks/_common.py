@@ -10,7 +10,23 @@ import torch.distributions as td
 
 from dpm_core.grading import expect_distribution
 
-__all__ = ["expect_batch_event", "expect_raises", "known_mistake", "pca_problem"]
+__all__ = ["cpd_distribution", "expect_batch_event", "expect_raises", "known_mistake", "pca_problem"]
+
+
+def cpd_distribution(net, inputs, name: str):
+    """Call a CPD net on ``inputs``, turning torch's checks of the distribution it builds into a hint.
+
+    Raises:
+        AssertionError: torch rejected the distribution's parameters (a scale that is not
+            positive) or the shapes of a mixture's parts.
+    """
+    try:
+        return net(inputs)
+    except ValueError as error:
+        hint = ("Do the components have batch_shape inputs.shape[:-1] + (C,), with td.Independent "
+                "over all outcome dimensions?" if "batch_shape" in str(error) else
+                "Do the scales go through a softplus?")
+        raise AssertionError(f"{name} built an invalid distribution ({error}). {hint}") from None
 
 
 def expect_batch_event(d, batch_shape, event_shape, what):
