@@ -80,17 +80,22 @@ def _loaded_names(source: str) -> set:
 
 
 def _import_lines(imports: list[tuple]) -> list[str]:
-    """Import statements, ``import x`` first, then one ``from m import ...`` per module."""
-    plain = sorted({f"import {name}" + (f" as {asname}" if asname else "")
-                    for module, name, asname in imports if module is None})
+    """Import statements, one per module, the standard library first, then torch, then the rest."""
     by_module: dict = {}
     for module, name, asname in imports:
-        if module is not None:
-            alias = f"{name} as {asname}" if asname else name
-            by_module.setdefault(module, [])
-            if alias not in by_module[module]:
-                by_module[module].append(alias)
-    return plain + [f"from {m} import {', '.join(names)}" for m, names in sorted(by_module.items())]
+        alias = f"{name} as {asname}" if asname else name
+        key = (module, None) if module else (name.split(".")[0], alias)
+        by_module.setdefault(key, [])
+        if alias not in by_module[key]:
+            by_module[key].append(alias)
+
+    def order(key):
+        top = key[0].split(".")[0]
+        return (0 if top in sys.stdlib_module_names else 1 if top == "torch" else 2,
+                key[0], key[1] is None, key[1] or "")
+
+    return [f"import {key[1]}" if key[1] else f"from {key[0]} import {', '.join(names)}"
+            for key, names in sorted(by_module.items(), key=lambda item: order(item[0]))]
 
 
 def hidden_code(assignment: str, grade_id: str) -> str:

@@ -13,6 +13,7 @@ that charge a mistake twice (a few minutes).
 
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 
@@ -85,6 +86,19 @@ def test_an_edited_check_module_makes_the_notebook_out_of_sync(course_copy, monk
 
     monkeypatch.setattr(sync_checks, "hidden_code", edited)
     assert sync_checks.out_of_sync(course_copy) == ["vae_basics:kl-reduction-tests"]
+
+
+def test_the_pipeline_refuses_a_release_from_notebooks_out_of_sync(course_copy):
+    """Does generate_release stop, naming the cell and the command to run, before nbgrader
+    writes a release whose hidden tests differ from course/checks?"""
+    sys.path.insert(0, str(REPO / "course"))
+    import pipeline
+
+    path = course_copy / "source" / "vae_basics" / "vae_basics.ipynb"
+    path.write_text(path.read_text().replace("check_kl_reduction(globals())", "pass", 1))
+    with pytest.raises(RuntimeError, match=r"vae_basics:kl-reduction-tests.*python -m course.sync_checks"):
+        pipeline.generate_release(course_copy, pipeline.load_assignments())
+    assert not (course_copy / "release").exists()
 
 
 def test_sync_is_idempotent(course_copy):

@@ -8,9 +8,11 @@ this module and the other helpers here, nothing else.
 import torch
 import torch.distributions as td
 
+from dpm_core import PPCA
 from dpm_core.grading import expect_distribution
 
-__all__ = ["cpd_distribution", "expect_batch_event", "expect_raises", "known_mistake", "pca_problem"]
+__all__ = ["cpd_distribution", "expect_batch_event", "expect_raises", "known_mistake", "pca_problem",
+           "ppca_model"]
 
 
 def cpd_distribution(net, inputs, name: str):
@@ -85,3 +87,24 @@ def pca_problem(device):
     offset = 8.0 * torch.randn(6, generator=gen, dtype=torch.float64)
     return ((torch.randn(400, 6, generator=gen, dtype=torch.float64) * stds) @ basis.T
             + offset).to(device)
+
+
+def ppca_model(seed: int = 0, orthogonal: bool = False, data_size: int = 6, latent_size: int = 2,
+               sigma: float = 0.7) -> PPCA:
+    """The course's PPCA test bed: a float64 dpm_core.PPCA on the CPU with fixed random parameters.
+
+    With orthogonal=True the columns of W are orthogonal (lengths 1.5 to 3), so that the exact
+    posterior has a diagonal covariance; otherwise W is a plain Gaussian matrix. b is Gaussian.
+    A seed gives the same model as the notebooks' own test beds (cell ppca-testbed of
+    dpm2_inference, cell fixtures of importance_sampling).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = PPCA(data_size, latent_size, sigma).double()
+    W = torch.randn(data_size, latent_size, generator=gen, dtype=torch.float64)
+    if orthogonal:
+        W, _ = torch.linalg.qr(W)
+        W = W * torch.linspace(1.5, 3.0, latent_size, dtype=torch.float64)
+    with torch.no_grad():
+        model.cpd_net.W.copy_(W)
+        model.cpd_net.b.copy_(torch.randn(data_size, generator=gen, dtype=torch.float64))
+    return model

@@ -1,8 +1,9 @@
 """Hidden tests of dpm2_inference: CPD nets, NVIL's estimators and control variates.
 
-One check per graded test cell. The NVIL checks use the notebook's PPCA test bed (cell
-ppca-testbed), whose inference model is exact or a known perturbation of the posterior, so
-that gradients and bounds have closed forms to compare with.
+One check per graded test cell. The NVIL checks use their own copy of the notebook's PPCA
+test bed (cell ppca-testbed, built on _common.ppca_model), whose inference model is exact or
+a known perturbation of the posterior, so that gradients and bounds have closed forms to
+compare with; they build it with the student's NVIL.
 """
 
 import functools
@@ -13,8 +14,10 @@ import torch
 import torch.distributions as td
 from torch import nn
 
-from course.checks._common import cpd_distribution, expect_raises
-from dpm_core import InferenceModel, VarianceReduction
+from course.checks._common import cpd_distribution, expect_raises, ppca_model
+from dpm_core import (BinarizedImageModel, GaussianPriorNet, InferenceModel, JointDistribution,
+                      PriorNet, VarianceReduction, build_ffnn_decoder)
+from dpm_core.conditionals import GaussianCPDNet as ReferenceGaussianCPDNet
 from dpm_core.conditionals import MoGCPDNet as ReferenceMoGCPDNet
 from dpm_core.grading import devices, expect, expect_close, expect_distribution, expect_shape
 from dpm_core.variance import Baseline as ReferenceBaseline
@@ -27,6 +30,131 @@ __all__ = ["CHECKS", "check_gaussian_cpd", "check_mog_cpd", "check_nvil_drl", "c
 #: the gradient checks: repeats of the estimator, draws per repeat, and the tolerance of the
 #: average, in standard errors over the repeats (the notebook's self-checks use the same)
 GRADIENT_REPEATS, GRADIENT_SAMPLES, GRADIENT_NUM_SE = 40, 1000, 5.0
+
+
+#: the PPCA test bed (a copy of the notebook's cell ppca-testbed, so that the checks do not use
+#: what the student's kernel could have redefined): data and latent sizes, noise scale
+PPCA_DATA, PPCA_LATENT, PPCA_SIGMA = 6, 2, 0.7
+
+
+class StandardNormalAsMixture(PriorNet):
+    """N(0, I) written as a mixture with one component: no closed-form KL, same density."""
+
+    def __init__(self, outcome_shape):
+        super().__init__(outcome_shape)
+        self.register_buffer("locs", torch.zeros((1,) + self.outcome_shape))
+        self.register_buffer("scales", torch.ones((1,) + self.outcome_shape))
+
+    def forward(self, batch_shape) -> td.Distribution:
+        batch_shape = tuple(batch_shape)
+        shape = batch_shape + tuple(self.locs.shape)  # [B, 1, K]
+        components = td.Independent(td.Normal(self.locs.expand(shape), self.scales.expand(shape)),
+                                    len(self.outcome_shape))
+        weights = td.Categorical(logits=self.locs.new_zeros(batch_shape + (1,)))
+        return td.MixtureSameFamily(weights, components)
+
+
+def make_ppca_nvil(nvil_type, shift=0.0, scale_factor=1.0, mixture_prior=False, cv_model=None,
+                   device="cpu", seed=0):
+    """An NVIL model over PPCA (D=6, K=2, float64) whose q(z|x) is the exact posterior, perturbed.
+
+    Args:
+        shift: added to every posterior mean (0: exact).
+        scale_factor: multiplies every posterior standard deviation (1: exact).
+        mixture_prior: use StandardNormalAsMixture, so that the rate has no closed form.
+        cv_model: the control variate.
+        device: where the model lives.
+        nvil_type: the class to build (the student's NVIL).
+    """
+    model = ppca_model(seed, orthogonal=True, data_size=PPCA_DATA, latent_size=PPCA_LATENT,
+                       sigma=PPCA_SIGMA)
+    if mixture_prior:
+        model.prior_net = StandardNormalAsMixture(PPCA_LATENT).double()
+    W, b, s2 = model.cpd_net.W.detach(), model.cpd_net.b.detach(), model.cpd_net.sigma.detach() ** 2
+    M = W.T @ W + s2 * torch.eye(PPCA_LATENT, dtype=torch.float64)
+    A = torch.linalg.solve(M, W.T)  # posterior mean = A (x - b)
+    std = torch.sqrt(torch.diagonal(s2 * torch.linalg.inv(M)))
+    q = ReferenceGaussianCPDNet(PPCA_LATENT, num_inputs=PPCA_DATA, hidden_size=None).double()
+    with torch.no_grad():
+        q.locs[1].weight.copy_(A)
+        q.locs[1].bias.copy_(-A @ b + shift)
+        q.scales[1].weight.zero_()
+        target = std * scale_factor
+        q.scales[1].bias.copy_(target + torch.log(-torch.expm1(-target)))  # softplus^{-1}
+    return nvil_type(model, q, cv_model).to(device)
+
+
+def ppca_data(nvil, n, seed=1):
+    """n draws from the exact marginal p(x) of the test bed, [n, D], on the model's device."""
+    W, b, sigma = (t.detach() for t in (nvil.gen_model.cpd_net.W, nvil.gen_model.cpd_net.b,
+                                        nvil.gen_model.cpd_net.sigma))
+    cov = W @ W.T + sigma ** 2 * torch.eye(len(b), dtype=b.dtype, device=b.device)
+    noise = torch.randn(n, len(b), generator=torch.Generator().manual_seed(seed), dtype=b.dtype)
+    return b + noise.to(b.device) @ torch.linalg.cholesky(cov).T
+
+
+def ppca_elbo(nvil, x):
+    """The exact ELBO of each x in the test bed, differentiable in theta and lambda, shape [n]."""
+    cpd = nvil.gen_model.cpd_net
+    W, b, sigma = cpd.W, cpd.b, cpd.sigma
+    q = nvil.inf_model(x)
+    m, v = q.base_dist.loc, q.base_dist.scale ** 2  # [n, K]
+    expected_loglik = td.Independent(td.Normal(m @ W.T + b, sigma.expand(x.shape)), 1).log_prob(x)
+    expected_loglik = expected_loglik - (v @ (W ** 2).T).sum(-1) / (2 * sigma ** 2)
+    kl = 0.5 * (v + m ** 2 - 1 - torch.log(v)).sum(-1)
+    return expected_loglik - kl
+
+
+def gradient_bias(nvil, x, estimator, repeats, sample_size):
+    """Run NVIL's gradient estimator `repeats` times on x and compare the average with the exact gradient.
+
+    Returns:
+        {"generative": t, "inference": t}: for each parameter group, the largest number of
+        standard errors (over the repeats) between the average estimate and the exact gradient.
+    """
+    groups = {"generative": list(nvil.gen_params()), "inference": list(nvil.inf_params())}
+
+    def flat_grads():
+        return {k: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                              for p in ps]) for k, ps in groups.items()}
+
+    nvil.zero_grad()
+    (-ppca_elbo(nvil, x).mean()).backward()
+    exact = flat_grads()
+    runs = {k: [] for k in groups}
+    for _ in range(repeats):
+        nvil.zero_grad()
+        nvil(x, sample_size=sample_size, estimator=estimator)["loss"].backward()
+        for k, g in flat_grads().items():
+            runs[k].append(g)
+    bias = {}
+    for k in groups:
+        estimates = torch.stack(runs[k])  # [repeats, P]
+        se = estimates.std(0) / math.sqrt(repeats)
+        gap = ((estimates.mean(0) - exact[k]).abs() - 1e-6).clamp(min=0)  # 1e-6: float noise
+        bias[k] = (gap / se.clamp(min=1e-12)).max().item()
+    return bias
+
+
+def make_image_nvil(nvil_type, q_type=None, prior=None, cv_model=None, size=8, latent=3):
+    """A small NVIL model of size x size binary images, built from the course's reference parts."""
+    decoder = functools.partial(build_ffnn_decoder, hidden_size=32)
+    return nvil_type(
+        JointDistribution(prior or GaussianPriorNet(latent),
+                          BinarizedImageModel(1, size, size, latent, decoder_type=decoder)),
+        InferenceModel(q_type or ReferenceGaussianCPDNet, latent, width=size, height=size, hidden_size=16),
+        cv_model,
+    )
+
+
+def as_number(value):
+    """A figure from forward's dictionary as a Python float (tensors are detached first)."""
+    return value.detach().item() if torch.is_tensor(value) else float(value)
+
+
+def random_images(*batch_shape, size=8, device="cpu"):
+    """Random binary images, batch_shape + [1, size, size]."""
+    return (torch.rand(batch_shape + (1, size, size), device=device) > 0.5).float()
 
 
 class ZeroRewardCV(VarianceReduction):
@@ -157,22 +285,18 @@ def check_nvil_drl(ns: dict) -> None:
 
     Grades the cell nvil-drl-tests.
     """
-    make_image_nvil = ns["make_image_nvil"]
-    make_ppca_nvil = ns["make_ppca_nvil"]
-    ppca_data = ns["ppca_data"]
-    ppca_elbo = ns["ppca_elbo"]
-    random_images = ns["random_images"]
+    NVIL = ns["NVIL"]
     NUM_SE, BIG_S = 5.0, 20000  # statistical checks: seed 1, pass within 5 standard errors
     torch.manual_seed(1)
     for dev in devices():
-        structured = make_image_nvil().to(dev)
+        structured = make_image_nvil(NVIL).to(dev)
         for S_hidden in (None, 1, 5):
             with torch.no_grad():
                 out_35 = structured.DRL(random_images(3, 5, device=dev), sample_size=S_hidden)
             for name, value in zip("DRL", out_35):
                 expect_shape(value, (3, 5), f"{name} for a [3, 5] batch with sample_size={S_hidden}",
                              "reduce only the sample dimension")
-        exact_dev = make_ppca_nvil(device=dev)
+        exact_dev = make_ppca_nvil(NVIL, device=dev)
         x_exact = ppca_data(exact_dev, 8)
         with torch.no_grad():
             truth = exact_dev.gen_model.exact_log_marginal(x_exact)
@@ -181,7 +305,7 @@ def check_nvil_drl(ns: dict) -> None:
             expect_close(exact_dev.DRL(x_exact, sample_size=300)[2], truth, "L with 300 samples and q = posterior",
                          "subtract log S after the logsumexp over the samples")
         # a perturbed q: closed-form rate, unbiased distortion, L between the ELBO and log p(x)
-        perturbed = make_ppca_nvil(shift=0.4, scale_factor=1.6, device=dev)
+        perturbed = make_ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, device=dev)
         x_p = ppca_data(perturbed, 16)
         with torch.no_grad():
             q_p, p_p = perturbed.inf_model(x_p), perturbed.gen_model.prior((16,))
@@ -201,13 +325,13 @@ def check_nvil_drl(ns: dict) -> None:
                "with many samples L should close most of the gap between the ELBO and log p(x) "
                "(and never exceed log p(x) on average): is L the logsumexp of log p(x, z_s) - log q(z_s|x) minus log S?")
         # a prior without closed-form KL: the rate is sampled
-        mixed = make_ppca_nvil(shift=0.4, scale_factor=1.6, mixture_prior=True, device=dev)
+        mixed = make_ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, mixture_prior=True, device=dev)
         with torch.no_grad():
             _, R_m, _ = mixed.DRL(x_p, sample_size=BIG_S)
             log_ratio = q_p.log_prob(z_p) - perturbed.gen_model.prior((16,)).log_prob(z_p)
         expect(bool(((R_m - kl_qp).abs() <= NUM_SE * log_ratio.std(0) / math.sqrt(BIG_S)).all()),
                "without a closed form, R must be the average of log q(z_s|x) - log p(z_s) over the draws")
-        exact_mixed = make_ppca_nvil(mixture_prior=True, device=dev)
+        exact_mixed = make_ppca_nvil(NVIL, mixture_prior=True, device=dev)
         with torch.no_grad():
             expect_close(exact_mixed.DRL(x_exact, sample_size=4)[2], truth, "L with a sampled rate and q = posterior",
                          "L must use log p(z) + log p(x|z) - log q(z|x) of the same draws")
@@ -219,15 +343,10 @@ def check_nvil_forward(ns: dict) -> None:
 
     Grades the cell nvil-forward-tests.
     """
-    as_number = ns["as_number"]
-    make_image_nvil = ns["make_image_nvil"]
-    make_ppca_nvil = ns["make_ppca_nvil"]
-    ppca_data = ns["ppca_data"]
-    ppca_elbo = ns["ppca_elbo"]
-    random_images = ns["random_images"]
+    NVIL = ns["NVIL"]
     torch.manual_seed(1)
     for dev in devices():
-        model_f = make_image_nvil().to(dev)
+        model_f = make_image_nvil(NVIL).to(dev)
         x_f = random_images(4, device=dev)
         out_35 = model_f(random_images(3, 5, device=dev))
         expect(out_35["loss"].dim() == 0, "for a [3, 5] batch the loss is still one number (the mean)")
@@ -256,7 +375,7 @@ def check_nvil_forward(ns: dict) -> None:
         expect_raises(ValueError, lambda: model_f(x_f, estimator="magic"),
                       "an unknown estimator must raise ValueError")
         # a mixture q takes the score-function path automatically
-        mixture = make_image_nvil(q_type=functools.partial(ReferenceMoGCPDNet, num_components=3)).to(dev)
+        mixture = make_image_nvil(NVIL, q_type=functools.partial(ReferenceMoGCPDNet, num_components=3)).to(dev)
         mixture.zero_grad()
         out_mog = mixture(x_f, sample_size=2)
         out_mog["loss"].backward()
@@ -268,7 +387,7 @@ def check_nvil_forward(ns: dict) -> None:
         expect_raises(NotImplementedError, lambda: mixture(x_f, estimator="reparam"),
                       "estimator='reparam' with a mixture q must raise NotImplementedError")
     # the reported ELBO is the estimate, not the surrogate: compare with the exact ELBO
-    sfe_model = make_ppca_nvil(shift=0.3, scale_factor=1.4)
+    sfe_model = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4)
     x_s = ppca_data(sfe_model, 8)
     with torch.no_grad():
         exact_elbo = ppca_elbo(sfe_model, x_s).mean().item()
@@ -291,13 +410,11 @@ def check_nvil_pathwise(ns: dict) -> None:
 
     Grades the cell nvil-pathwise-tests.
     """
-    gradient_bias = ns["gradient_bias"]
-    make_ppca_nvil = ns["make_ppca_nvil"]
-    ppca_data = ns["ppca_data"]
+    NVIL = ns["NVIL"]
     torch.manual_seed(2)
     for dev in devices():
         for mixture_prior in (False, True):
-            model_h = make_ppca_nvil(shift=0.3, scale_factor=1.4, mixture_prior=mixture_prior, device=dev)
+            model_h = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, mixture_prior=mixture_prior, device=dev)
             x_h = ppca_data(model_h, 4, seed=3)
             bias_h = gradient_bias(model_h, x_h, "auto", GRADIENT_REPEATS, GRADIENT_SAMPLES)
             rate = "a sampled rate" if mixture_prior else "a closed-form rate"
@@ -313,15 +430,13 @@ def check_nvil_sfe(ns: dict) -> None:
 
     Grades the cell nvil-sfe-tests.
     """
-    gradient_bias = ns["gradient_bias"]
-    make_ppca_nvil = ns["make_ppca_nvil"]
-    ppca_data = ns["ppca_data"]
+    NVIL = ns["NVIL"]
     torch.manual_seed(2)
     for dev in devices():
         setups = [("a sampled rate", dict(mixture_prior=True)),
-                  ("a learned baseline", dict(cv_model=ReferenceBaseline(6, 8, event_dims=1).double()))]
+                  ("a learned baseline", dict(cv_model=ReferenceBaseline(PPCA_DATA, 8, event_dims=1).double()))]
         for what, kwargs in setups:
-            model_h = make_ppca_nvil(shift=0.3, scale_factor=1.4, device=dev, **kwargs)
+            model_h = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, device=dev, **kwargs)
             x_h = ppca_data(model_h, 4, seed=3)
             bias_h = gradient_bias(model_h, x_h, "sfe", GRADIENT_REPEATS, GRADIENT_SAMPLES)
             expect(bias_h["generative"] <= GRADIENT_NUM_SE,
@@ -338,15 +453,13 @@ def check_nvil_cv_hookup(ns: dict) -> None:
 
     Grades the cell nvil-cv-hookup-tests.
     """
+    NVIL = ns["NVIL"]
     RecordingCV = ns["RecordingCV"]
-    as_number = ns["as_number"]
-    make_ppca_nvil = ns["make_ppca_nvil"]
-    ppca_data = ns["ppca_data"]
     torch.manual_seed(1)
     for dev in devices():
         # with a sampled rate the reward is the whole ELBO integrand: log p(x) for the exact posterior
         recorder_h = RecordingCV()
-        exact_mixed = make_ppca_nvil(mixture_prior=True, cv_model=recorder_h, device=dev)
+        exact_mixed = make_ppca_nvil(NVIL, mixture_prior=True, cv_model=recorder_h, device=dev)
         x_h = ppca_data(exact_mixed, 5)
         exact_mixed(x_h, sample_size=6, estimator="sfe")
         log_px_h = exact_mixed.gen_model.exact_log_marginal(x_h).detach()
@@ -362,7 +475,7 @@ def check_nvil_cv_hookup(ns: dict) -> None:
             expect_close(recorder_h.calls[-1]["r_fn"](z_h, x_h), expected_r, "r_fn with a sampled rate and rate_weight=0.5",
                          "r_fn must apply the same formula as the reward, rate_weight included")
         # the score term is built from the control variate's output: zero rewards leave only -KL for q
-        zeroed = make_ppca_nvil(shift=0.3, scale_factor=1.4, cv_model=ZeroRewardCV(), device=dev)
+        zeroed = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=ZeroRewardCV(), device=dev)
         x_z = ppca_data(zeroed, 5)
         zeroed.zero_grad()
         zeroed(x_z, sample_size=3, rate_weight=0.7, estimator="sfe")["loss"].backward()
@@ -377,7 +490,7 @@ def check_nvil_cv_hookup(ns: dict) -> None:
                          rtol=1e-6, atol=1e-8)
         # the control variate's own loss is added to the training loss
         trained = TrainedCV()
-        with_loss = make_ppca_nvil(shift=0.3, scale_factor=1.4, cv_model=trained, device=dev)
+        with_loss = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=trained, device=dev)
         out_t = with_loss(x_z, sample_size=3, estimator="sfe")
         expect(abs(as_number(out_t["cv_loss"]) - 4.0) < 1e-6, "report the mean of the control variate's loss as cv_loss")
         out_t["loss"].backward()

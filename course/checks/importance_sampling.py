@@ -1,8 +1,9 @@
 """Hidden tests of importance_sampling: PCA, PPCA, and the ELBO as importance sampling.
 
-One check per graded test cell. The PPCA checks use the notebook's fixtures (cell fixtures:
-test_ppca, ppca_params, gaussian_elbo, shifted_q, STAT_SEED, TOL_SE), so the statistical
-checks share one seed and one tolerance in standard errors.
+One check per graded test cell. The PPCA checks hold their own copy of the notebook's
+fixtures (its cell fixtures: the test bed, exact ELBO and perturbed posteriors), so that
+a student's redefinition cannot change what they compare with, and the statistical checks
+share one seed (STAT_SEED) and one tolerance in standard errors (TOL_SE).
 """
 
 import math
@@ -10,13 +11,52 @@ import math
 import torch
 import torch.distributions as td
 
-from course.checks._common import known_mistake, pca_problem
+from course.checks._common import known_mistake, pca_problem, ppca_model
+from dpm_core import PPCA
 from dpm_core.grading import devices, expect, expect_close, expect_distribution, expect_shape
 
 __all__ = ["CHECKS", "check_pca_basis", "check_pca_encoding", "check_ppca_marginal",
            "check_ppca_posterior_mean", "check_ppca_posterior_cov", "check_ppca_bayes",
            "check_iwae_bound", "check_iwae_stability", "check_log_weights", "check_elbo_estimate",
            "check_log_prob_estimate", "check_per_datapoint"]
+
+#: the seed of every statistical check, as in the notebook's fixtures cell
+STAT_SEED = 0
+#: the tolerance of a statistical check, in standard errors of the Monte Carlo mean
+TOL_SE = 5.0
+
+
+def ppca_test_bed(seed: int = 0, device="cpu", orthogonal: bool = False, data_size: int = 6,
+                  latent_size: int = 2, sigma: float = 0.7) -> PPCA:
+    """The notebook's test_ppca: the course's PPCA test bed on ``device``, without gradients."""
+    return ppca_model(seed, orthogonal, data_size, latent_size, sigma).to(device).requires_grad_(False)
+
+
+def ppca_params(model: PPCA) -> tuple:
+    """(W [D, K], b [D], sigma []) of a PPCA model, as plain tensors."""
+    cpd = model.cpd_net
+    return cpd.W.detach().clone(), cpd.b.detach().clone(), cpd.sigma.detach().clone()
+
+
+def as_mvn(qz: td.Distribution) -> td.MultivariateNormal:
+    """A diagonal Gaussian (Independent Normal) as a MultivariateNormal with the same batch shape."""
+    return td.MultivariateNormal(qz.mean, scale_tril=torch.diag_embed(qz.stddev))
+
+
+def gaussian_elbo(x: torch.Tensor, qz: td.Distribution, model: PPCA) -> torch.Tensor:
+    """The exact ELBO of a diagonal Gaussian q(z|x) under PPCA, shape x.shape[:-1].
+
+    ELBO = log p(x) - KL(q(z|x) || p(z|x)), with both terms in closed form.
+    """
+    return model.exact_log_marginal(x) - td.kl_divergence(as_mvn(qz), model.exact_posterior(x))
+
+
+def shifted_q(model: PPCA, x: torch.Tensor, shift: float = 0.5, factor: float = 1.5) -> td.Independent:
+    """A diagonal Gaussian near the exact posterior: its mean moved by `shift` in every coordinate
+    and its standard deviations (those of the posterior's marginals) multiplied by `factor`."""
+    post = model.exact_posterior(x)
+    std = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+    return td.Independent(td.Normal(post.mean + shift, factor * std), 1)
 
 
 def check_pca_basis(ns: dict) -> None:
@@ -104,12 +144,9 @@ def check_ppca_marginal(ns: dict) -> None:
 
     Grades the cell ppca-marginal-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
     ppca_log_marginal = ns["ppca_log_marginal"]
-    ppca_params = ns["ppca_params"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=1, device=dev)
+        model = ppca_test_bed(seed=1, device=dev)
         W, b, sigma = ppca_params(model)
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((3, 5))  # [3, 5, D]
@@ -155,12 +192,9 @@ def check_ppca_posterior_mean(ns: dict) -> None:
 
     Grades the cell ppca-posterior-mean-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
-    ppca_params = ns["ppca_params"]
     ppca_posterior = ns["ppca_posterior"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=2, device=dev)
+        model = ppca_test_bed(seed=2, device=dev)
         W, b, sigma = ppca_params(model)
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((3, 5))  # [3, 5, D]
@@ -191,12 +225,9 @@ def check_ppca_posterior_cov(ns: dict) -> None:
 
     Grades the cell ppca-posterior-cov-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
-    ppca_params = ns["ppca_params"]
     ppca_posterior = ns["ppca_posterior"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=2, device=dev)
+        model = ppca_test_bed(seed=2, device=dev)
         W, b, sigma = ppca_params(model)
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((3, 5))
@@ -231,12 +262,9 @@ def check_ppca_bayes(ns: dict) -> None:
 
     Grades the cell ppca-bayes-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
-    ppca_params = ns["ppca_params"]
     ppca_posterior = ns["ppca_posterior"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=4, device=dev, data_size=7, latent_size=3, sigma=0.4)
+        model = ppca_test_bed(seed=4, device=dev, data_size=7, latent_size=3, sigma=0.4)
         W, b, sigma = ppca_params(model)
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((2, 3))  # [2, 3, D]
@@ -256,7 +284,6 @@ def check_iwae_bound(ns: dict) -> None:
 
     Grades the cell iwae-bound-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
     iwae_bound = ns["iwae_bound"]
     for dev in devices():
         gen = torch.Generator().manual_seed(STAT_SEED)
@@ -288,7 +315,6 @@ def check_iwae_stability(ns: dict) -> None:
 
     Grades the cell iwae-stability-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
     iwae_bound = ns["iwae_bound"]
     for dev in devices():
         gen = torch.Generator().manual_seed(STAT_SEED)
@@ -321,13 +347,9 @@ def check_log_weights(ns: dict) -> None:
 
     Grades the cell log-weights-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
-    TOL_SE = ns["TOL_SE"]
-    gaussian_elbo = ns["gaussian_elbo"]
     log_weights = ns["log_weights"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=5, device=dev)
+        model = ppca_test_bed(seed=5, device=dev)
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((3, 5))  # [3, 5, D]
         post = model.exact_posterior(x)
@@ -380,14 +402,9 @@ def check_elbo_estimate(ns: dict) -> None:
 
     Grades the cell elbo-estimate-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
-    TOL_SE = ns["TOL_SE"]
     elbo_estimate = ns["elbo_estimate"]
-    gaussian_elbo = ns["gaussian_elbo"]
-    shifted_q = ns["shifted_q"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=6, device=dev)
+        model = ppca_test_bed(seed=6, device=dev)
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((4,))  # [4, D]
         R = 4000  # independent one-sample estimates per observation, as a batch
@@ -415,14 +432,9 @@ def check_log_prob_estimate(ns: dict) -> None:
 
     Grades the cell log-prob-estimate-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
-    TOL_SE = ns["TOL_SE"]
-    gaussian_elbo = ns["gaussian_elbo"]
     log_prob_estimate = ns["log_prob_estimate"]
-    shifted_q = ns["shifted_q"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=7, device=dev)
+        model = ppca_test_bed(seed=7, device=dev)
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((3, 5))
         est = log_prob_estimate(x, model.exact_posterior(x), model, 20)
@@ -433,7 +445,7 @@ def check_log_prob_estimate(ns: dict) -> None:
     # Statistical properties with a proposal 1.5 to 2 nats worse than the posterior, on the CPU.
     # Seed STAT_SEED; R independent estimates per observation (as a batch); tolerance TOL_SE standard
     # errors of the mean over the R repeats, plus the absolute slack stated in each check.
-    model = test_ppca(seed=8)
+    model = ppca_test_bed(seed=8)
     torch.manual_seed(STAT_SEED)
     x = model.marginal().sample((4,))
     log_px = model.exact_log_marginal(x)
@@ -471,12 +483,9 @@ def check_per_datapoint(ns: dict) -> None:
 
     Grades the cell per-datapoint-tests.
     """
-    STAT_SEED = ns["STAT_SEED"]
     fit_per_datapoint = ns["fit_per_datapoint"]
-    gaussian_elbo = ns["gaussian_elbo"]
-    test_ppca = ns["test_ppca"]
     for dev in devices():
-        model = test_ppca(seed=9, device=dev, orthogonal=True)
+        model = ppca_test_bed(seed=9, device=dev, orthogonal=True)
         W_before = model.cpd_net.W.clone()
         torch.manual_seed(STAT_SEED)
         x = model.marginal().sample((2, 3))  # [2, 3, D]
@@ -498,9 +507,12 @@ def check_per_datapoint(ns: dict) -> None:
             raise AssertionError("the fitted q has a lower ELBO than the prior it started from: did you "
                                  "minimise the ELBO? Minimise its negative")
         gap = model.exact_log_marginal(x) - elbo_fit
-        expect((gap < 0.15).all(),
+        # 0.25 nats: the last Adam iterate on 8-draw gradients jitters; with the draws and data
+        # of 100 seeds the reference's largest gap was 0.151 (typically 0.05), and a fit that
+        # stops after 8 steps is more than 1 nat away
+        expect((gap < 0.25).all(),
                f"the fitted q's ({dev}) are up to {gap.max():.3f} nats below log p(x); with a diagonal "
-               "posterior they should get within 0.15 nats. Check that the loss is -elbo_estimate "
+               "posterior they should get within 0.25 nats. Check that the loss is -elbo_estimate "
                "(summed or averaged over the batch), that z is drawn with rsample, and that both the "
                "mean and the scale are updated")
         expect(((q.stddev - post_std).abs() < 0.15).all(),

@@ -49,6 +49,7 @@ def _kl_formula_mistake(got, m, lv):
 
 
 def _within(estimate, target, se):
+    """Whether every estimate lies within 5 standard errors ``se`` of its target."""
     return bool(((estimate - target).abs() <= 5 * se).all())
 
 
@@ -74,7 +75,7 @@ def check_kl_formula(ns: dict) -> None:
                                  f"inputs' device (torch.zeros_like / torch.ones_like).") from None
         expect(torch.is_tensor(got), f"KL should return a torch.Tensor, got {type(got).__name__}")
         expect(got.numel() == 64, f"KL of inputs of shape [64, 1] has shape {list(got.shape)}; "
-                                   f"expected one number per row")
+                                  f"expected one number per row")
         expect(got.device.type == torch.device(device).type,
                f"KL returned a tensor on {got.device} for inputs on {device}: create constants "
                f"with torch.zeros_like / torch.ones_like, not torch.tensor(...)")
@@ -86,13 +87,13 @@ def check_kl_formula(ns: dict) -> None:
             raise AssertionError(
                 f"KL differs from 0.5 * (sigma^2 + mu^2 - 1 - log sigma^2) by up to {worst:.4g} "
                 f"(on {device}): " + (why or "check each term; sigma^2 = exp(logvar) and "
-                                               "log sigma^2 = logvar"))
+                                             "log sigma^2 = logvar"))
         q = td.Normal(m, (0.5 * lv).exp())
         p = td.Normal(torch.zeros_like(m), torch.ones_like(m))
         expect_close(got.detach(), td.kl_divergence(q, p).detach(), "KL",
                      "it should agree with td.kl_divergence of two td.Normal objects")
         expect(got.requires_grad, "KL carries no gradient: did you use .detach(), .item(), "
-                                   "torch.no_grad() or NumPy? The loss needs its gradient.")
+                                  "torch.no_grad() or NumPy? The loss needs its gradient.")
         g_m, g_lv = torch.autograd.grad(got.sum(), [m, lv], allow_unused=True)
         expect(g_m is not None and g_lv is not None,
                "no gradient reaches mu or logvar: is part of the formula detached or constant?")
@@ -127,7 +128,7 @@ def check_kl_reduction(ns: dict) -> None:
                     why = "you reduced over everything; return one KL per batch element"
                 elif len(shape) == 3 and list(got.shape) == [shape[0], shape[2]]:
                     why = ("you summed over dim 1, which is the latent dimension only of 2-D inputs; "
-                            "sum over the last dimension, .sum(-1)")
+                           "sum over the last dimension, .sum(-1)")
                 else:
                     why = "sum over the last dimension only"
                 raise AssertionError(f"KL of inputs of shape {list(shape)} has shape "
@@ -185,7 +186,7 @@ def check_reparametrise_distribution(ns: dict) -> None:
         expect(z.device.type == torch.device(device).type,
                f"z is on {z.device} for inputs on {device}: make the noise with torch.randn_like(mu)")
         expect(z.dtype == mu.dtype, f"z has dtype {z.dtype} but mu has {mu.dtype}: make the noise "
-                                      f"with torch.randn_like(mu) (NumPy draws are float64)")
+                                    f"with torch.randn_like(mu) (NumPy draws are float64)")
         expect(not torch.equal(reparametrise(mu[:2], lv[:2]), reparametrise(mu[:2], lv[:2])),
                "two calls returned the same z: draw fresh noise on every call")
         zd = z.detach().double()
@@ -204,14 +205,14 @@ def check_reparametrise_distribution(ns: dict) -> None:
         if not _within(var, v, v * math.sqrt(2 / (n - 1))):
             known = [
                 (v ** 2, "the variance of z is exp(logvar)^2: std = logvar.exp() is the variance; "
-                          "the standard deviation is exp(0.5 * logvar) (or logvar.exp().sqrt())"),
+                         "the standard deviation is exp(0.5 * logvar) (or logvar.exp().sqrt())"),
                 (torch.ones_like(v), "the variance of z is 1: eps is not scaled by the standard "
-                                      "deviation exp(0.5 * logvar)"),
+                                     "deviation exp(0.5 * logvar)"),
                 (lv0.double().to(device) ** 2,
                  "the variance of z is logvar^2: logvar was used as the standard deviation; "
                  "sigma = exp(0.5 * logvar)"),
                 (v.sqrt(), "the variance of z is sigma, not sigma^2: the standard deviation is "
-                            "exp(0.5 * logvar), taken once"),
+                           "exp(0.5 * logvar), taken once"),
             ]
             for target, message in known:
                 if _within(var, target, target * math.sqrt(2 / (n - 1))):
@@ -256,7 +257,7 @@ def check_reparametrise_gradient(ns: dict) -> None:
         g_mu, g_lv = torch.autograd.grad(z.sum(), [mu, lv], allow_unused=True)
         expect(g_mu is not None, "no gradient reaches mu: is mu detached?")
         expect(g_lv is not None, "no gradient reaches logvar: is the standard deviation detached, "
-                                  "or made without logvar?")
+                                 "or made without logvar?")
         expect_close(g_mu, torch.ones_like(g_mu), "dz/dmu",
                      "z = mu + sigma * eps has dz/dmu = 1; are mu and logvar swapped?")
         half = 0.5 * (z - mu).detach()
@@ -312,7 +313,7 @@ def check_loss_terms(ns: dict) -> None:
                        f"loss_func should return a torch.Tensor, got {type(got).__name__}: "
                        f".item() or float() cut the loss off from its gradient")
                 expect(got.numel() == 1, f"the loss of one image should be one number, got shape "
-                                          f"{list(got.shape)}")
+                                         f"{list(got.shape)}")
                 got = got.reshape(())
                 ref = loss_func_ref(r, x, mu, lv)
                 if not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
@@ -324,10 +325,10 @@ def check_loss_terms(ns: dict) -> None:
                             (nll - kl, "the KL term has the wrong sign: the loss is -log p(x|z) + KL"),
                             (-(nll + kl), "this is the ELBO; the loss to minimise is the negative ELBO"),
                             (-nll + kl, "the reconstruction term has the wrong sign: the binary "
-                                          "cross-entropy already is -log p(x|z)"),
+                                        "cross-entropy already is -log p(x|z)"),
                             (nll / D + kl, "the binary cross-entropy is averaged over the pixels "
-                                              "(F.binary_cross_entropy's default reduction='mean'); "
-                                              "sum it over the pixels of each image"),
+                                           "(F.binary_cross_entropy's default reduction='mean'); "
+                                             "sum it over the pixels of each image"),
                             (nll + kl / K, "the KL is averaged over the latent coordinates; sum it"),
                             (F.binary_cross_entropy(x, r, reduction="none").sum(-1)[0] + kl,
                              "recon_x and x are swapped: F.binary_cross_entropy(recon_x, x) takes the "
@@ -350,7 +351,7 @@ def check_loss_terms(ns: dict) -> None:
                 expect_close(got, expected, "the loss of one image", "it should agree with "
                              "torch.distributions: -Bernoulli log-likelihood + KL", atol=1e-4)
                 expect(got.requires_grad, "the loss carries no gradient: is something detached, or "
-                                           "computed under torch.no_grad() or in NumPy?")
+                                          "computed under torch.no_grad() or in NumPy?")
                 grads = torch.autograd.grad(got, [r, mu, lv], allow_unused=True)
                 refs = torch.autograd.grad(ref, [r, mu, lv])
                 for name, g, gr in zip(["recon_x", "mu", "logvar"], grads, refs):
@@ -382,7 +383,7 @@ def check_loss_batch(ns: dict) -> None:
             lv = torch.randn(N, K, generator=gen).to(device)
             got = loss_func(r, x, mu, lv)
             expect(torch.is_tensor(got), f"loss_func should return a torch.Tensor, got "
-                                          f"{type(got).__name__}")
+                                         f"{type(got).__name__}")
             if got.dim() != 0:
                 if list(got.shape) == [N]:
                     raise AssertionError(f"loss_func returns one value per image (shape [{N}]); "
