@@ -126,6 +126,43 @@ def hidden_code(assignment: str, grade_id: str) -> str:
     return "\n\n\n".join(parts)
 
 
+def _bindings(source: str) -> dict:
+    """``{name: how}`` of the top-level names a piece of code binds; ``how`` is the import
+    statement that binds it, or ``None`` for a definition or an assignment."""
+    source = "\n".join(line for line in source.split("\n") if not line.lstrip().startswith(("%", "!")))
+    found: dict = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                found[(a.asname or a.name).split(".")[0]] = f"import {a.name} as {a.asname}"
+        elif isinstance(node, ast.ImportFrom):
+            for a in node.names:
+                found[a.asname or a.name] = f"from {node.module} import {a.name}"
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            found[node.name] = None
+        else:
+            todo = [node]
+            while todo:  # names stored at top level, not inside functions, classes or lambdas
+                n = todo.pop()
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                    found[n.id] = None
+                elif not isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
+                                        ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                    todo += list(ast.iter_child_nodes(n))
+    return found
+
+
+def _clashes(nb, code: str) -> list[str]:
+    """The names that ``code``, run in the notebook's namespace, would rebind to something else
+    than the notebook's own code binds them to (the notebook outside its hidden regions)."""
+    notebook: dict = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            notebook.update(_bindings(cell.source.split(BEGIN)[0]))
+    return sorted(name for name, how in _bindings(code).items()
+                  if name in notebook and (how is None or how != notebook[name]))
+
+
 def _replace_region(source: str, code: str) -> str:
     lines = source.split("\n")
     begin = next(i for i, line in enumerate(lines) if line.strip() == BEGIN)
@@ -157,7 +194,8 @@ def sync(repo_root: Path = REPO, assignments: list[str] | None = None,
         ``"<assignment>:<grade id>"`` of every cell whose hidden region differed.
 
     Raises:
-        ValueError: an unknown assignment, or a grade id of ``CHECKS`` missing from its notebook.
+        ValueError: an unknown assignment, a grade id of ``CHECKS`` missing from its notebook,
+            or generated code that would rebind a name the notebook defines.
     """
     repo_root = Path(repo_root)
     if str(REPO) not in sys.path:  # the checks are imported as course.checks.<assignment>
@@ -174,7 +212,12 @@ def sync(repo_root: Path = REPO, assignments: list[str] | None = None,
             if grade_id not in cells or BEGIN not in cells[grade_id].source:
                 raise ValueError(f"{path.name} has no graded cell {grade_id!r} with hidden tests")
             cell = cells[grade_id]
-            new = _replace_region(cell.source, hidden_code(assignment, grade_id))
+            code = hidden_code(assignment, grade_id)
+            clashes = _clashes(nb, code)
+            if clashes:  # the notebook's later cells would see the check's objects instead
+                raise ValueError(f"the hidden code of {assignment}:{grade_id} rebinds the notebook's "
+                                 f"{clashes}: rename them in course/checks")
+            new = _replace_region(cell.source, code)
             if new != cell.source:
                 differ.append(f"{assignment}:{grade_id}")
                 cell.source, changed = new, True

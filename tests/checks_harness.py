@@ -31,6 +31,8 @@ CONTEXT_CELLS = {
     "importance_sampling": ["setup", "fixtures"],
 }
 #: the assignments whose hidden tests are checks modules already
+#: given cells that only the visible self-checks need (the checks do not)
+VISIBLE_CONTEXT_CELLS = {"importance_sampling": ["data"]}
 ASSIGNMENTS = [a for a in CONTEXT_CELLS if (REPO / "course" / "checks" / f"{a}.py").exists()]
 
 
@@ -50,12 +52,13 @@ def _code(source: str) -> str:
     return "\n".join(line for line in source.split("\n") if not line.lstrip().startswith("%"))
 
 
-def reference_namespace(assignment: str, replace: tuple | None = None) -> dict:
+def reference_namespace(assignment: str, replace: tuple | None = None, also: tuple = ()) -> dict:
     """The notebook's namespace after its context and solution cells.
 
     Args:
         assignment: the assignment's name.
         replace: ``(grade id, old, new)``: run that solution cell with ``old`` replaced by ``new``.
+        also: further given cells to run (by grade id).
 
     Raises:
         ValueError: ``old`` does not occur exactly once in the cell.
@@ -67,7 +70,7 @@ def reference_namespace(assignment: str, replace: tuple | None = None) -> dict:
         meta = cell.metadata["nbgrader"]
         if cell.cell_type != "code":
             continue
-        if grade_id in CONTEXT_CELLS[assignment] or meta.get("solution"):
+        if grade_id in CONTEXT_CELLS[assignment] or grade_id in also or meta.get("solution"):
             source = cell.source
             if replace and replace[0] == grade_id:
                 if source.count(replace[1]) != 1:
@@ -78,6 +81,11 @@ def reference_namespace(assignment: str, replace: tuple | None = None) -> dict:
     if "matplotlib.pyplot" in sys.modules:  # a set-up cell may draw; nobody looks here
         sys.modules["matplotlib.pyplot"].close("all")
     return ns
+
+
+def cell_code(assignment: str, grade_id: str) -> str:
+    """The code of a cell as the kernel runs it (IPython magics dropped)."""
+    return _code(notebook_cells(assignment)[grade_id].source)
 
 
 def visible_part(assignment: str, grade_id: str) -> str:

@@ -22,8 +22,9 @@ import torch
 
 import check_mistakes
 import check_variants
-from checks_harness import (ASSIGNMENTS, REPO, checks, needs_visible_part, outcomes,
-                            reference_namespace, run_check, visible_part)
+from checks_harness import (ASSIGNMENTS, REPO, VISIBLE_CONTEXT_CELLS, cell_code, checks,
+                            needs_visible_part, outcomes, reference_namespace, run_check,
+                            visible_part)
 
 from course import sync_checks
 
@@ -113,6 +114,17 @@ def test_sync_is_idempotent(course_copy):
 def test_check_passes_the_reference(assignment, grade_id, namespaces):
     """Does the check of this graded cell pass the reference solution?"""
     run_check(namespaces[assignment], assignment, grade_id, visible=False)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_graded_cells_as_synced_pass_the_reference_in_notebook_order(assignment):
+    """Do the graded cells themselves (self-checks, then the generated hidden code), run one
+    after the other as the kernel runs them, pass the reference? This runs the code nbgrader
+    runs, not the modules: a helper that the generated code defines in the notebook's namespace
+    and that a later cell also uses would show here."""
+    ns = reference_namespace(assignment, also=tuple(VISIBLE_CONTEXT_CELLS.get(assignment, ())))
+    for grade_id in checks(assignment):
+        exec(compile(cell_code(assignment, grade_id), f"<{grade_id}>", "exec"), ns)
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)

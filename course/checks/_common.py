@@ -11,8 +11,8 @@ import torch.distributions as td
 from dpm_core import PPCA
 from dpm_core.grading import expect_distribution
 
-__all__ = ["cpd_distribution", "expect_batch_event", "expect_raises", "known_mistake", "pca_problem",
-           "ppca_model"]
+__all__ = ["cpd_distribution", "expect_batch_and_event", "expect_raises", "known_mistake", "pca_problem",
+           "seeded_ppca"]
 
 
 def cpd_distribution(net, inputs, name: str):
@@ -31,7 +31,7 @@ def cpd_distribution(net, inputs, name: str):
         raise AssertionError(f"{name} built an invalid distribution ({error}). {hint}") from None
 
 
-def expect_batch_event(d, batch_shape, event_shape, what):
+def expect_batch_and_event(d, batch_shape, event_shape, what):
     """Check a distribution's batch and event shapes.
 
     When the event dimensions ended up in the batch shape, the message says so.
@@ -89,7 +89,7 @@ def pca_problem(device):
             + offset).to(device)
 
 
-def ppca_model(seed: int = 0, orthogonal: bool = False, data_size: int = 6, latent_size: int = 2,
+def seeded_ppca(seed: int = 0, orthogonal: bool = False, data_size: int = 6, latent_size: int = 2,
                sigma: float = 0.7) -> PPCA:
     """The course's PPCA test bed: a float64 dpm_core.PPCA on the CPU with fixed random parameters.
 

@@ -13,7 +13,7 @@ import torch.distributions as td
 import torch.nn.functional as F
 from torch import nn
 
-from course.checks._common import expect_batch_event
+from course.checks._common import expect_batch_and_event
 from dpm_core import CategoricalPriorNet, build_ffnn_decoder
 from dpm_core.grading import devices, expect, expect_close, expect_shape
 
@@ -37,7 +37,7 @@ def check_gaussian_prior(ns: dict) -> None:
             for batch_shape in ((), (4,), (3, 5)):
                 what = f"GaussianPriorNet({outcome_shape!r})({batch_shape!r}) on {dev}"
                 d = net(batch_shape)
-                expect_batch_event(d, batch_shape, event, what)
+                expect_batch_and_event(d, batch_shape, event, what)
                 z = d.sample()
                 expect_shape(z, batch_shape + event, f"a sample of {what}")
                 z = torch.randn(batch_shape + event, device=dev) * 2
@@ -101,7 +101,7 @@ def check_mog_prior_shapes(ns: dict) -> None:
                     d = net(batch_shape)
                 except Exception as e:
                     raise AssertionError(f"{what} raised {type(e).__name__}: {e}. {hint}") from None
-                expect_batch_event(d, batch_shape, event, what)
+                expect_batch_and_event(d, batch_shape, event, what)
                 expect_shape(d.sample(), batch_shape + event, f"a sample of {what}")
                 expect_shape(d.sample((2,)), (2,) + batch_shape + event,
                              f"sample((2,)) of {what}")
@@ -235,7 +235,7 @@ def check_binarized_image_model(ns: dict) -> None:
                 lp = d.log_prob(x)
             except Exception as e:
                 raise AssertionError(f"{what} raised {type(e).__name__}: {e}. {hint}") from None
-            expect_batch_event(d, batch_shape, (2, 5, 4), what)
+            expect_batch_and_event(d, batch_shape, (2, 5, 4), what)
             expect_shape(lp, batch_shape, f"{what}.log_prob(x)",
                          "log_prob should have the batch shape: wrap td.Independent around the "
                          "Bernoulli over the 3 image dimensions.")
@@ -277,7 +277,7 @@ def check_continuous_image_model(ns: dict) -> None:
                 lp = d.log_prob(x)
             except Exception as e:
                 raise AssertionError(f"{what} raised {type(e).__name__}: {e}. {hint}") from None
-            expect_batch_event(d, batch_shape, (2, 5, 4), what)
+            expect_batch_and_event(d, batch_shape, (2, 5, 4), what)
             expect_shape(lp, batch_shape, f"{what}.log_prob(x)",
                          "log_prob should have the batch shape: wrap td.Independent around the "
                          "continuous Bernoulli over the 3 image dimensions.")

@@ -1,7 +1,7 @@
 """Hidden tests of dpm2_inference: CPD nets, NVIL's estimators and control variates.
 
 One check per graded test cell. The NVIL checks use their own copy of the notebook's PPCA
-test bed (cell ppca-testbed, built on _common.ppca_model), whose inference model is exact or
+test bed (cell ppca-testbed, built on _common.seeded_ppca), whose inference model is exact or
 a known perturbation of the posterior, so that gradients and bounds have closed forms to
 compare with; they build it with the student's NVIL.
 """
@@ -14,7 +14,7 @@ import torch
 import torch.distributions as td
 from torch import nn
 
-from course.checks._common import cpd_distribution, expect_raises, ppca_model
+from course.checks._common import cpd_distribution, expect_raises, seeded_ppca
 from dpm_core import (BinarizedImageModel, GaussianPriorNet, InferenceModel, JointDistribution,
                       PriorNet, VarianceReduction, build_ffnn_decoder)
 from dpm_core.conditionals import GaussianCPDNet as ReferenceGaussianCPDNet
@@ -34,10 +34,10 @@ GRADIENT_REPEATS, GRADIENT_SAMPLES, GRADIENT_NUM_SE = 40, 1000, 5.0
 
 #: the PPCA test bed (a copy of the notebook's cell ppca-testbed, so that the checks do not use
 #: what the student's kernel could have redefined): data and latent sizes, noise scale
-PPCA_DATA, PPCA_LATENT, PPCA_SIGMA = 6, 2, 0.7
+BED_DATA, BED_LATENT, BED_SIGMA = 6, 2, 0.7
 
 
-class StandardNormalAsMixture(PriorNet):
+class _StandardNormalAsMixture(PriorNet):
     """N(0, I) written as a mixture with one component: no closed-form KL, same density."""
 
     def __init__(self, outcome_shape):
@@ -54,27 +54,27 @@ class StandardNormalAsMixture(PriorNet):
         return td.MixtureSameFamily(weights, components)
 
 
-def make_ppca_nvil(nvil_type, shift=0.0, scale_factor=1.0, mixture_prior=False, cv_model=None,
+def _ppca_nvil(nvil_type, shift=0.0, scale_factor=1.0, mixture_prior=False, cv_model=None,
                    device="cpu", seed=0):
     """An NVIL model over PPCA (D=6, K=2, float64) whose q(z|x) is the exact posterior, perturbed.
 
     Args:
         shift: added to every posterior mean (0: exact).
         scale_factor: multiplies every posterior standard deviation (1: exact).
-        mixture_prior: use StandardNormalAsMixture, so that the rate has no closed form.
+        mixture_prior: use _StandardNormalAsMixture, so that the rate has no closed form.
         cv_model: the control variate.
         device: where the model lives.
         nvil_type: the class to build (the student's NVIL).
     """
-    model = ppca_model(seed, orthogonal=True, data_size=PPCA_DATA, latent_size=PPCA_LATENT,
-                       sigma=PPCA_SIGMA)
+    model = seeded_ppca(seed, orthogonal=True, data_size=BED_DATA, latent_size=BED_LATENT,
+                       sigma=BED_SIGMA)
     if mixture_prior:
-        model.prior_net = StandardNormalAsMixture(PPCA_LATENT).double()
+        model.prior_net = _StandardNormalAsMixture(BED_LATENT).double()
     W, b, s2 = model.cpd_net.W.detach(), model.cpd_net.b.detach(), model.cpd_net.sigma.detach() ** 2
-    M = W.T @ W + s2 * torch.eye(PPCA_LATENT, dtype=torch.float64)
+    M = W.T @ W + s2 * torch.eye(BED_LATENT, dtype=torch.float64)
     A = torch.linalg.solve(M, W.T)  # posterior mean = A (x - b)
     std = torch.sqrt(torch.diagonal(s2 * torch.linalg.inv(M)))
-    q = ReferenceGaussianCPDNet(PPCA_LATENT, num_inputs=PPCA_DATA, hidden_size=None).double()
+    q = ReferenceGaussianCPDNet(BED_LATENT, num_inputs=BED_DATA, hidden_size=None).double()
     with torch.no_grad():
         q.locs[1].weight.copy_(A)
         q.locs[1].bias.copy_(-A @ b + shift)
@@ -84,7 +84,7 @@ def make_ppca_nvil(nvil_type, shift=0.0, scale_factor=1.0, mixture_prior=False, 
     return nvil_type(model, q, cv_model).to(device)
 
 
-def ppca_data(nvil, n, seed=1):
+def _ppca_data(nvil, n, seed=1):
     """n draws from the exact marginal p(x) of the test bed, [n, D], on the model's device."""
     W, b, sigma = (t.detach() for t in (nvil.gen_model.cpd_net.W, nvil.gen_model.cpd_net.b,
                                         nvil.gen_model.cpd_net.sigma))
@@ -93,7 +93,7 @@ def ppca_data(nvil, n, seed=1):
     return b + noise.to(b.device) @ torch.linalg.cholesky(cov).T
 
 
-def ppca_elbo(nvil, x):
+def _ppca_elbo(nvil, x):
     """The exact ELBO of each x in the test bed, differentiable in theta and lambda, shape [n]."""
     cpd = nvil.gen_model.cpd_net
     W, b, sigma = cpd.W, cpd.b, cpd.sigma
@@ -105,7 +105,7 @@ def ppca_elbo(nvil, x):
     return expected_loglik - kl
 
 
-def gradient_bias(nvil, x, estimator, repeats, sample_size):
+def _gradient_bias(nvil, x, estimator, repeats, sample_size):
     """Run NVIL's gradient estimator `repeats` times on x and compare the average with the exact gradient.
 
     Returns:
@@ -119,7 +119,7 @@ def gradient_bias(nvil, x, estimator, repeats, sample_size):
                               for p in ps]) for k, ps in groups.items()}
 
     nvil.zero_grad()
-    (-ppca_elbo(nvil, x).mean()).backward()
+    (-_ppca_elbo(nvil, x).mean()).backward()
     exact = flat_grads()
     runs = {k: [] for k in groups}
     for _ in range(repeats):
@@ -136,7 +136,7 @@ def gradient_bias(nvil, x, estimator, repeats, sample_size):
     return bias
 
 
-def make_image_nvil(nvil_type, q_type=None, prior=None, cv_model=None, size=8, latent=3):
+def _image_nvil(nvil_type, q_type=None, prior=None, cv_model=None, size=8, latent=3):
     """A small NVIL model of size x size binary images, built from the course's reference parts."""
     decoder = functools.partial(build_ffnn_decoder, hidden_size=32)
     return nvil_type(
@@ -147,12 +147,12 @@ def make_image_nvil(nvil_type, q_type=None, prior=None, cv_model=None, size=8, l
     )
 
 
-def as_number(value):
+def _as_number(value):
     """A figure from forward's dictionary as a Python float (tensors are detached first)."""
     return value.detach().item() if torch.is_tensor(value) else float(value)
 
 
-def random_images(*batch_shape, size=8, device="cpu"):
+def _random_images(*batch_shape, size=8, device="cpu"):
     """Random binary images, batch_shape + [1, size, size]."""
     return (torch.rand(batch_shape + (1, size, size), device=device) > 0.5).float()
 
@@ -289,15 +289,15 @@ def check_nvil_drl(ns: dict) -> None:
     NUM_SE, BIG_S = 5.0, 20000  # statistical checks: seed 1, pass within 5 standard errors
     torch.manual_seed(1)
     for dev in devices():
-        structured = make_image_nvil(NVIL).to(dev)
+        structured = _image_nvil(NVIL).to(dev)
         for S_hidden in (None, 1, 5):
             with torch.no_grad():
-                out_35 = structured.DRL(random_images(3, 5, device=dev), sample_size=S_hidden)
+                out_35 = structured.DRL(_random_images(3, 5, device=dev), sample_size=S_hidden)
             for name, value in zip("DRL", out_35):
                 expect_shape(value, (3, 5), f"{name} for a [3, 5] batch with sample_size={S_hidden}",
                              "reduce only the sample dimension")
-        exact_dev = make_ppca_nvil(NVIL, device=dev)
-        x_exact = ppca_data(exact_dev, 8)
+        exact_dev = _ppca_nvil(NVIL, device=dev)
+        x_exact = _ppca_data(exact_dev, 8)
         with torch.no_grad():
             truth = exact_dev.gen_model.exact_log_marginal(x_exact)
             expect_close(exact_dev.DRL(x_exact, sample_size=1)[2], truth, "L with one sample and q = posterior",
@@ -305,15 +305,15 @@ def check_nvil_drl(ns: dict) -> None:
             expect_close(exact_dev.DRL(x_exact, sample_size=300)[2], truth, "L with 300 samples and q = posterior",
                          "subtract log S after the logsumexp over the samples")
         # a perturbed q: closed-form rate, unbiased distortion, L between the ELBO and log p(x)
-        perturbed = make_ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, device=dev)
-        x_p = ppca_data(perturbed, 16)
+        perturbed = _ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, device=dev)
+        x_p = _ppca_data(perturbed, 16)
         with torch.no_grad():
             q_p, p_p = perturbed.inf_model(x_p), perturbed.gen_model.prior((16,))
             kl_qp, kl_pq = td.kl_divergence(q_p, p_p), td.kl_divergence(p_p, q_p)
             D_p, R_p, L_p = perturbed.DRL(x_p, sample_size=BIG_S)
             z_p = q_p.sample((BIG_S,))
             nll = -perturbed.gen_model.obs_model(z_p).log_prob(x_p)  # [S, B]
-            elbo_p, truth_p = ppca_elbo(perturbed, x_p), perturbed.gen_model.exact_log_marginal(x_p)
+            elbo_p, truth_p = _ppca_elbo(perturbed, x_p), perturbed.gen_model.exact_log_marginal(x_p)
         expect(not torch.allclose(R_p, kl_pq, rtol=1e-4),
                "R equals KL(p(z) || q(z|x)): the arguments are swapped, the rate is KL(q || p)")
         expect_close(R_p, kl_qp, "R for a Gaussian q and a Gaussian prior",
@@ -325,13 +325,13 @@ def check_nvil_drl(ns: dict) -> None:
                "with many samples L should close most of the gap between the ELBO and log p(x) "
                "(and never exceed log p(x) on average): is L the logsumexp of log p(x, z_s) - log q(z_s|x) minus log S?")
         # a prior without closed-form KL: the rate is sampled
-        mixed = make_ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, mixture_prior=True, device=dev)
+        mixed = _ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, mixture_prior=True, device=dev)
         with torch.no_grad():
             _, R_m, _ = mixed.DRL(x_p, sample_size=BIG_S)
             log_ratio = q_p.log_prob(z_p) - perturbed.gen_model.prior((16,)).log_prob(z_p)
         expect(bool(((R_m - kl_qp).abs() <= NUM_SE * log_ratio.std(0) / math.sqrt(BIG_S)).all()),
                "without a closed form, R must be the average of log q(z_s|x) - log p(z_s) over the draws")
-        exact_mixed = make_ppca_nvil(NVIL, mixture_prior=True, device=dev)
+        exact_mixed = _ppca_nvil(NVIL, mixture_prior=True, device=dev)
         with torch.no_grad():
             expect_close(exact_mixed.DRL(x_exact, sample_size=4)[2], truth, "L with a sampled rate and q = posterior",
                          "L must use log p(z) + log p(x|z) - log q(z|x) of the same draws")
@@ -346,18 +346,18 @@ def check_nvil_forward(ns: dict) -> None:
     NVIL = ns["NVIL"]
     torch.manual_seed(1)
     for dev in devices():
-        model_f = make_image_nvil(NVIL).to(dev)
-        x_f = random_images(4, device=dev)
-        out_35 = model_f(random_images(3, 5, device=dev))
+        model_f = _image_nvil(NVIL).to(dev)
+        x_f = _random_images(4, device=dev)
+        out_35 = model_f(_random_images(3, 5, device=dev))
         expect(out_35["loss"].dim() == 0, "for a [3, 5] batch the loss is still one number (the mean)")
-        expect(abs(as_number(out_35["ELBO"]) + as_number(out_35["D"]) + as_number(out_35["R"])) < 1e-3 * abs(as_number(out_35["ELBO"])),
+        expect(abs(_as_number(out_35["ELBO"]) + _as_number(out_35["D"]) + _as_number(out_35["R"])) < 1e-3 * abs(_as_number(out_35["ELBO"])),
                "for a [3, 5] batch, report the means of -D - R, D and R")
         # the rate: weight and sign
         for weight in (0.0, 2.0):
             out_w = model_f(x_f, sample_size=2, rate_weight=weight)
-            D_w, R_w = as_number(out_w["D"]), as_number(out_w["R"])
+            D_w, R_w = _as_number(out_w["D"]), _as_number(out_w["R"])
             expect(R_w > 0, "the reported rate must be KL(q || p) >= 0 (without the weight)")
-            expect(abs(as_number(out_w["loss"]) - (D_w + weight * R_w)) <= 1e-4 * (D_w + R_w),
+            expect(abs(_as_number(out_w["loss"]) - (D_w + weight * R_w)) <= 1e-4 * (D_w + R_w),
                    f"with rate_weight={weight} the pathwise loss must be D + rate_weight * R; "
                    "check the sign and the weight of the rate")
         # pathwise: the distortion alone must send gradient to q, through rsample
@@ -375,30 +375,30 @@ def check_nvil_forward(ns: dict) -> None:
         expect_raises(ValueError, lambda: model_f(x_f, estimator="magic"),
                       "an unknown estimator must raise ValueError")
         # a mixture q takes the score-function path automatically
-        mixture = make_image_nvil(NVIL, q_type=functools.partial(ReferenceMoGCPDNet, num_components=3)).to(dev)
+        mixture = _image_nvil(NVIL, q_type=functools.partial(ReferenceMoGCPDNet, num_components=3)).to(dev)
         mixture.zero_grad()
         out_mog = mixture(x_f, sample_size=2)
         out_mog["loss"].backward()
         bad = [n for n, p in mixture.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         expect(not bad, f"with a mixture q, no (finite) gradient reached {bad[:3]}: use the score "
                         "function when q has no rsample")
-        expect(abs(as_number(out_mog["ELBO"]) + as_number(out_mog["D"]) + as_number(out_mog["R"])) < 1e-3 * abs(as_number(out_mog["ELBO"])),
+        expect(abs(_as_number(out_mog["ELBO"]) + _as_number(out_mog["D"]) + _as_number(out_mog["R"])) < 1e-3 * abs(_as_number(out_mog["ELBO"])),
                "with the score function, still report ELBO = -D - R (not the surrogate)")
         expect_raises(NotImplementedError, lambda: mixture(x_f, estimator="reparam"),
                       "estimator='reparam' with a mixture q must raise NotImplementedError")
     # the reported ELBO is the estimate, not the surrogate: compare with the exact ELBO
-    sfe_model = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4)
-    x_s = ppca_data(sfe_model, 8)
+    sfe_model = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4)
+    x_s = _ppca_data(sfe_model, 8)
     with torch.no_grad():
-        exact_elbo = ppca_elbo(sfe_model, x_s).mean().item()
+        exact_elbo = _ppca_elbo(sfe_model, x_s).mean().item()
         draws = sfe_model.inf_model(x_s).sample((20000,))
         se_elbo = sfe_model.gen_model.obs_model(draws).log_prob(x_s).std(0).pow(2).mean().div(8 * 20000).sqrt().item()
         kl_s = td.kl_divergence(sfe_model.inf_model(x_s), sfe_model.gen_model.prior((8,))).mean().item()
     out_s = sfe_model(x_s, sample_size=20000, estimator="sfe")
-    expect(abs(as_number(out_s["R"]) - kl_s) <= 1e-4 * max(1.0, kl_s),
-           f"the reported R is {as_number(out_s['R']):.4f}, the batch mean of KL(q(z|x) || p(z)) is {kl_s:.4f}: "
+    expect(abs(_as_number(out_s["R"]) - kl_s) <= 1e-4 * max(1.0, kl_s),
+           f"the reported R is {_as_number(out_s['R']):.4f}, the batch mean of KL(q(z|x) || p(z)) is {kl_s:.4f}: "
            "report the closed-form rate, and check the order of the KL's arguments")
-    reported = as_number(out_s["ELBO"])
+    reported = _as_number(out_s["ELBO"])
     expect(abs(reported - exact_elbo) <= 5 * se_elbo + 1e-6,
            f"with estimator='sfe' the reported ELBO is {reported:.3f}, the exact ELBO is {exact_elbo:.3f}: "
            "report -D - R, not the value of the surrogate")
@@ -414,9 +414,9 @@ def check_nvil_pathwise(ns: dict) -> None:
     torch.manual_seed(2)
     for dev in devices():
         for mixture_prior in (False, True):
-            model_h = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, mixture_prior=mixture_prior, device=dev)
-            x_h = ppca_data(model_h, 4, seed=3)
-            bias_h = gradient_bias(model_h, x_h, "auto", GRADIENT_REPEATS, GRADIENT_SAMPLES)
+            model_h = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, mixture_prior=mixture_prior, device=dev)
+            x_h = _ppca_data(model_h, 4, seed=3)
+            bias_h = _gradient_bias(model_h, x_h, "auto", GRADIENT_REPEATS, GRADIENT_SAMPLES)
             rate = "a sampled rate" if mixture_prior else "a closed-form rate"
             expect(bias_h["generative"] <= GRADIENT_NUM_SE and bias_h["inference"] <= GRADIENT_NUM_SE,
                    f"with {rate} on {dev}, the pathwise gradient is biased ({bias_h['generative']:.0f} and "
@@ -434,11 +434,11 @@ def check_nvil_sfe(ns: dict) -> None:
     torch.manual_seed(2)
     for dev in devices():
         setups = [("a sampled rate", dict(mixture_prior=True)),
-                  ("a learned baseline", dict(cv_model=ReferenceBaseline(PPCA_DATA, 8, event_dims=1).double()))]
+                  ("a learned baseline", dict(cv_model=ReferenceBaseline(BED_DATA, 8, event_dims=1).double()))]
         for what, kwargs in setups:
-            model_h = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, device=dev, **kwargs)
-            x_h = ppca_data(model_h, 4, seed=3)
-            bias_h = gradient_bias(model_h, x_h, "sfe", GRADIENT_REPEATS, GRADIENT_SAMPLES)
+            model_h = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, device=dev, **kwargs)
+            x_h = _ppca_data(model_h, 4, seed=3)
+            bias_h = _gradient_bias(model_h, x_h, "sfe", GRADIENT_REPEATS, GRADIENT_SAMPLES)
             expect(bias_h["generative"] <= GRADIENT_NUM_SE,
                    f"with {what} on {dev}, the score-function gradient of p is {bias_h['generative']:.0f} standard "
                    "errors off: pass reward.detach() to the control variate and detach its output in the score term")
@@ -459,8 +459,8 @@ def check_nvil_cv_hookup(ns: dict) -> None:
     for dev in devices():
         # with a sampled rate the reward is the whole ELBO integrand: log p(x) for the exact posterior
         recorder_h = RecordingCV()
-        exact_mixed = make_ppca_nvil(NVIL, mixture_prior=True, cv_model=recorder_h, device=dev)
-        x_h = ppca_data(exact_mixed, 5)
+        exact_mixed = _ppca_nvil(NVIL, mixture_prior=True, cv_model=recorder_h, device=dev)
+        x_h = _ppca_data(exact_mixed, 5)
         exact_mixed(x_h, sample_size=6, estimator="sfe")
         log_px_h = exact_mixed.gen_model.exact_log_marginal(x_h).detach()
         expect_close(recorder_h.calls[-1]["r"], log_px_h.expand(6, 5), "the reward with a sampled rate and q = posterior",
@@ -475,8 +475,8 @@ def check_nvil_cv_hookup(ns: dict) -> None:
             expect_close(recorder_h.calls[-1]["r_fn"](z_h, x_h), expected_r, "r_fn with a sampled rate and rate_weight=0.5",
                          "r_fn must apply the same formula as the reward, rate_weight included")
         # the score term is built from the control variate's output: zero rewards leave only -KL for q
-        zeroed = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=ZeroRewardCV(), device=dev)
-        x_z = ppca_data(zeroed, 5)
+        zeroed = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=ZeroRewardCV(), device=dev)
+        x_z = _ppca_data(zeroed, 5)
         zeroed.zero_grad()
         zeroed(x_z, sample_size=3, rate_weight=0.7, estimator="sfe")["loss"].backward()
         got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in zeroed.inf_params()]
@@ -490,9 +490,9 @@ def check_nvil_cv_hookup(ns: dict) -> None:
                          rtol=1e-6, atol=1e-8)
         # the control variate's own loss is added to the training loss
         trained = TrainedCV()
-        with_loss = make_ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=trained, device=dev)
+        with_loss = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=trained, device=dev)
         out_t = with_loss(x_z, sample_size=3, estimator="sfe")
-        expect(abs(as_number(out_t["cv_loss"]) - 4.0) < 1e-6, "report the mean of the control variate's loss as cv_loss")
+        expect(abs(_as_number(out_t["cv_loss"]) - 4.0) < 1e-6, "report the mean of the control variate's loss as cv_loss")
         out_t["loss"].backward()
         expect(trained.w.grad is not None and abs(trained.w.grad.item() + 4.0) < 1e-6,
                "the loss must include the mean of the control variate's loss, so that a learned baseline trains")

@@ -3,7 +3,7 @@
 One check per graded test cell. The PPCA checks hold their own copy of the notebook's
 fixtures (its cell fixtures: the test bed, exact ELBO and perturbed posteriors), so that
 a student's redefinition cannot change what they compare with, and the statistical checks
-share one seed (STAT_SEED) and one tolerance in standard errors (TOL_SE).
+share one seed (CHECK_SEED) and one tolerance in standard errors (CHECK_TOL_SE).
 """
 
 import math
@@ -11,7 +11,7 @@ import math
 import torch
 import torch.distributions as td
 
-from course.checks._common import known_mistake, pca_problem, ppca_model
+from course.checks._common import known_mistake, pca_problem, seeded_ppca
 from dpm_core import PPCA
 from dpm_core.grading import devices, expect, expect_close, expect_distribution, expect_shape
 
@@ -21,37 +21,37 @@ __all__ = ["CHECKS", "check_pca_basis", "check_pca_encoding", "check_ppca_margin
            "check_log_prob_estimate", "check_per_datapoint"]
 
 #: the seed of every statistical check, as in the notebook's fixtures cell
-STAT_SEED = 0
+CHECK_SEED = 0
 #: the tolerance of a statistical check, in standard errors of the Monte Carlo mean
-TOL_SE = 5.0
+CHECK_TOL_SE = 5.0
 
 
 def ppca_test_bed(seed: int = 0, device="cpu", orthogonal: bool = False, data_size: int = 6,
                   latent_size: int = 2, sigma: float = 0.7) -> PPCA:
     """The notebook's test_ppca: the course's PPCA test bed on ``device``, without gradients."""
-    return ppca_model(seed, orthogonal, data_size, latent_size, sigma).to(device).requires_grad_(False)
+    return seeded_ppca(seed, orthogonal, data_size, latent_size, sigma).to(device).requires_grad_(False)
 
 
-def ppca_params(model: PPCA) -> tuple:
+def _ppca_params(model: PPCA) -> tuple:
     """(W [D, K], b [D], sigma []) of a PPCA model, as plain tensors."""
     cpd = model.cpd_net
     return cpd.W.detach().clone(), cpd.b.detach().clone(), cpd.sigma.detach().clone()
 
 
-def as_mvn(qz: td.Distribution) -> td.MultivariateNormal:
+def _as_mvn(qz: td.Distribution) -> td.MultivariateNormal:
     """A diagonal Gaussian (Independent Normal) as a MultivariateNormal with the same batch shape."""
     return td.MultivariateNormal(qz.mean, scale_tril=torch.diag_embed(qz.stddev))
 
 
-def gaussian_elbo(x: torch.Tensor, qz: td.Distribution, model: PPCA) -> torch.Tensor:
+def _gaussian_elbo(x: torch.Tensor, qz: td.Distribution, model: PPCA) -> torch.Tensor:
     """The exact ELBO of a diagonal Gaussian q(z|x) under PPCA, shape x.shape[:-1].
 
     ELBO = log p(x) - KL(q(z|x) || p(z|x)), with both terms in closed form.
     """
-    return model.exact_log_marginal(x) - td.kl_divergence(as_mvn(qz), model.exact_posterior(x))
+    return model.exact_log_marginal(x) - td.kl_divergence(_as_mvn(qz), model.exact_posterior(x))
 
 
-def shifted_q(model: PPCA, x: torch.Tensor, shift: float = 0.5, factor: float = 1.5) -> td.Independent:
+def _shifted_q(model: PPCA, x: torch.Tensor, shift: float = 0.5, factor: float = 1.5) -> td.Independent:
     """A diagonal Gaussian near the exact posterior: its mean moved by `shift` in every coordinate
     and its standard deviations (those of the posterior's marginals) multiplied by `factor`."""
     post = model.exact_posterior(x)
@@ -147,8 +147,8 @@ def check_ppca_marginal(ns: dict) -> None:
     ppca_log_marginal = ns["ppca_log_marginal"]
     for dev in devices():
         model = ppca_test_bed(seed=1, device=dev)
-        W, b, sigma = ppca_params(model)
-        torch.manual_seed(STAT_SEED)
+        W, b, sigma = _ppca_params(model)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((3, 5))  # [3, 5, D]
         reference = model.exact_log_marginal(x)
         try:
@@ -195,8 +195,8 @@ def check_ppca_posterior_mean(ns: dict) -> None:
     ppca_posterior = ns["ppca_posterior"]
     for dev in devices():
         model = ppca_test_bed(seed=2, device=dev)
-        W, b, sigma = ppca_params(model)
-        torch.manual_seed(STAT_SEED)
+        W, b, sigma = _ppca_params(model)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((3, 5))  # [3, 5, D]
         post = ppca_posterior(x, W, b, sigma)
         expect_distribution(post, (3, 5), (2,), f"ppca_posterior for x of shape [3, 5, D] ({dev})")
@@ -228,8 +228,8 @@ def check_ppca_posterior_cov(ns: dict) -> None:
     ppca_posterior = ns["ppca_posterior"]
     for dev in devices():
         model = ppca_test_bed(seed=2, device=dev)
-        W, b, sigma = ppca_params(model)
-        torch.manual_seed(STAT_SEED)
+        W, b, sigma = _ppca_params(model)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((3, 5))
         post = ppca_posterior(x, W, b, sigma)
         expect(hasattr(post, "covariance_matrix"),
@@ -265,8 +265,8 @@ def check_ppca_bayes(ns: dict) -> None:
     ppca_posterior = ns["ppca_posterior"]
     for dev in devices():
         model = ppca_test_bed(seed=4, device=dev, data_size=7, latent_size=3, sigma=0.4)
-        W, b, sigma = ppca_params(model)
-        torch.manual_seed(STAT_SEED)
+        W, b, sigma = _ppca_params(model)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((2, 3))  # [2, 3, D]
         z = 2 * torch.randn(5, 2, 3, 3, dtype=torch.float64, device=dev)
         post = ppca_posterior(x, W, b, sigma)
@@ -286,7 +286,7 @@ def check_iwae_bound(ns: dict) -> None:
     """
     iwae_bound = ns["iwae_bound"]
     for dev in devices():
-        gen = torch.Generator().manual_seed(STAT_SEED)
+        gen = torch.Generator().manual_seed(CHECK_SEED)
         lw = (3 * torch.randn(7, 3, 5, generator=gen, dtype=torch.float64) - 10).to(dev)  # [S, 3, 5]
         reference = torch.log(torch.exp(lw).mean(0))  # safe for these moderate values
         out = iwae_bound(lw)
@@ -317,7 +317,7 @@ def check_iwae_stability(ns: dict) -> None:
     """
     iwae_bound = ns["iwae_bound"]
     for dev in devices():
-        gen = torch.Generator().manual_seed(STAT_SEED)
+        gen = torch.Generator().manual_seed(CHECK_SEED)
         lw = (2 * torch.randn(50, 4, generator=gen, dtype=torch.float64)).to(dev)  # [S, B]
         base = iwae_bound(lw)
         for c in (-1e5, -800.0, 800.0, 1e4):
@@ -350,7 +350,7 @@ def check_log_weights(ns: dict) -> None:
     log_weights = ns["log_weights"]
     for dev in devices():
         model = ppca_test_bed(seed=5, device=dev)
-        torch.manual_seed(STAT_SEED)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((3, 5))  # [3, 5, D]
         post = model.exact_posterior(x)
         log_px = model.exact_log_marginal(x)
@@ -369,11 +369,11 @@ def check_log_weights(ns: dict) -> None:
                          "with q = p(z|x) every log-weight equals log p(x)", rtol=1e-6, atol=1e-6)
 
         # pathwise gradient: E[d log w / d loc] must equal the gradient of the exact ELBO.
-        # S = 20000 draws, seed STAT_SEED; tolerance TOL_SE standard errors plus 0.02 absolute.
+        # S = 20000 draws, seed CHECK_SEED; tolerance CHECK_TOL_SE standard errors plus 0.02 absolute.
         x4 = x[0, :4]
         loc = (model.exact_posterior(x4).mean + 1.0).clone().requires_grad_(True)  # [4, K]
         scale = torch.full_like(loc, 0.4)
-        torch.manual_seed(STAT_SEED)
+        torch.manual_seed(CHECK_SEED)
         S = 20000
         lw = log_weights(x4, td.Independent(td.Normal(loc, scale), 1), model, S)  # [S, 4]
         expect(lw.requires_grad,
@@ -381,7 +381,7 @@ def check_log_weights(ns: dict) -> None:
         grad_mc, = torch.autograd.grad(lw.mean(0).sum(), loc)
         loc_ref = loc.detach().clone().requires_grad_(True)
         grad_ref, = torch.autograd.grad(
-            gaussian_elbo(x4, td.Independent(td.Normal(loc_ref, scale), 1), model).sum(), loc_ref)
+            _gaussian_elbo(x4, td.Independent(td.Normal(loc_ref, scale), 1), model).sum(), loc_ref)
         W = model.cpd_net.W
         # d log w / d loc = grad_z log p(z, x) = W^T (x - W z - b) / sigma^2 - z: its per-draw spread
         se = (0.4 * (W.T @ W / model.cpd_net.sigma ** 2 + torch.eye(2, dtype=W.dtype, device=dev))
@@ -390,7 +390,7 @@ def check_log_weights(ns: dict) -> None:
             raise AssertionError(
                 "the gradient of the average log-weight with respect to q's mean is about 0, not the "
                 "gradient of the ELBO: draw z with qz.rsample (reparameterised), not qz.sample")
-        expect(((grad_mc - grad_ref).abs() <= TOL_SE * se + 0.02).all(),
+        expect(((grad_mc - grad_ref).abs() <= CHECK_TOL_SE * se + 0.02).all(),
                f"the gradient of the average log-weight with respect to q's mean ({dev}) differs from "
                f"the gradient of the exact ELBO by up to {(grad_mc - grad_ref).abs().max():.3g}; draw z "
                "with qz.rsample and compute log p(z, x) - log q(z|x) with the same z")
@@ -405,24 +405,24 @@ def check_elbo_estimate(ns: dict) -> None:
     elbo_estimate = ns["elbo_estimate"]
     for dev in devices():
         model = ppca_test_bed(seed=6, device=dev)
-        torch.manual_seed(STAT_SEED)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((4,))  # [4, D]
         R = 4000  # independent one-sample estimates per observation, as a batch
         x_rep = x.expand(R, 4, 6)
-        q_rep = shifted_q(model, x_rep)  # a diagonal Gaussian 1.5 to 2 nats worse than the posterior
-        exact = gaussian_elbo(x, shifted_q(model, x), model)  # [4]
-        torch.manual_seed(STAT_SEED)
+        q_rep = _shifted_q(model, x_rep)  # a diagonal Gaussian 1.5 to 2 nats worse than the posterior
+        exact = _gaussian_elbo(x, _shifted_q(model, x), model)  # [4]
+        torch.manual_seed(CHECK_SEED)
         for S in (1, 10):
             est = elbo_estimate(x_rep, q_rep, model, S).detach()  # [R, 4]
             expect_shape(est, (R, 4), f"elbo_estimate for x of shape [{R}, 4, D] and S={S}")
             mean, se = est.mean(0), est.std(0) / math.sqrt(R)
-            if S == 10 and (mean - exact > TOL_SE * se + 0.05).any():
+            if S == 10 and (mean - exact > CHECK_TOL_SE * se + 0.05).any():
                 raise AssertionError(
                     "the average of elbo_estimate with S=10 lies above the exact ELBO: the ELBO averages "
                     "the log-weights; did you take the log of the average weight (the IWAE estimate)?")
-            expect(((mean - exact).abs() <= TOL_SE * se + 0.01).all(),
+            expect(((mean - exact).abs() <= CHECK_TOL_SE * se + 0.01).all(),
                    f"elbo_estimate with S={S} ({dev}) averages {mean.tolist()} over {R} repeats, but the "
-                   f"exact ELBO is {exact.tolist()} (tolerance {TOL_SE} standard errors + 0.01): it "
+                   f"exact ELBO is {exact.tolist()} (tolerance {CHECK_TOL_SE} standard errors + 0.01): it "
                    "should be the mean of log p(z, x) - log q(z|x) over S draws from q")
     print("hidden tests passed")
 
@@ -435,7 +435,7 @@ def check_log_prob_estimate(ns: dict) -> None:
     log_prob_estimate = ns["log_prob_estimate"]
     for dev in devices():
         model = ppca_test_bed(seed=7, device=dev)
-        torch.manual_seed(STAT_SEED)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((3, 5))
         est = log_prob_estimate(x, model.exact_posterior(x), model, 20)
         expect_shape(est, (3, 5), f"log_prob_estimate for x of shape [3, 5, D] ({dev})")
@@ -443,25 +443,25 @@ def check_log_prob_estimate(ns: dict) -> None:
                      rtol=1e-6, atol=1e-6)
 
     # Statistical properties with a proposal 1.5 to 2 nats worse than the posterior, on the CPU.
-    # Seed STAT_SEED; R independent estimates per observation (as a batch); tolerance TOL_SE standard
+    # Seed CHECK_SEED; R independent estimates per observation (as a batch); tolerance CHECK_TOL_SE standard
     # errors of the mean over the R repeats, plus the absolute slack stated in each check.
     model = ppca_test_bed(seed=8)
-    torch.manual_seed(STAT_SEED)
+    torch.manual_seed(CHECK_SEED)
     x = model.marginal().sample((4,))
     log_px = model.exact_log_marginal(x)
-    elbo = gaussian_elbo(x, shifted_q(model, x), model)
+    elbo = _gaussian_elbo(x, _shifted_q(model, x), model)
     means, ses = {}, {}
     with torch.no_grad():
         for S, R in ((1, 4000), (10, 400), (100, 100), (1000, 40)):
             x_rep = x.expand(R, 4, 6)
-            est = log_prob_estimate(x_rep, shifted_q(model, x_rep), model, S)  # [R, 4]
+            est = log_prob_estimate(x_rep, _shifted_q(model, x_rep), model, S)  # [R, 4]
             expect_shape(est, (R, 4), f"log_prob_estimate for x of shape [{R}, 4, D] and S={S}")
             means[S], ses[S] = est.mean(0), est.std(0) / math.sqrt(R)
-    expect(((means[1] - elbo).abs() <= TOL_SE * ses[1] + 0.01).all(),
+    expect(((means[1] - elbo).abs() <= CHECK_TOL_SE * ses[1] + 0.01).all(),
            f"with S=1 the estimate should equal the ELBO in expectation: mean over 4000 repeats "
            f"{means[1].tolist()}, exact ELBO {elbo.tolist()}")
     for small, large in ((1, 10), (10, 100), (100, 1000)):
-        expect((means[large] > means[small] - TOL_SE * (ses[small] + ses[large])).all(),
+        expect((means[large] > means[small] - CHECK_TOL_SE * (ses[small] + ses[large])).all(),
                f"the estimate does not grow from S={small} to S={large} "
                f"({means[small].tolist()} -> {means[large].tolist()}): did you average the log-weights "
                "(that is the ELBO for every S) instead of taking the log of the average weight?")
@@ -469,12 +469,12 @@ def check_log_prob_estimate(ns: dict) -> None:
            "the estimate grows too little with S: the log of the average weight should climb from the "
            "ELBO towards log p(x); did you average the log-weights (that is the ELBO for every S)? Means "
            f"for S = 1, 10, 100: {[[round(v, 3) for v in means[S].tolist()] for S in (1, 10, 100)]}")
-    expect((means[1000] <= log_px + TOL_SE * ses[1000] + 0.01).all(),
+    expect((means[1000] <= log_px + CHECK_TOL_SE * ses[1000] + 0.01).all(),
            f"with S=1000 the estimate {means[1000].tolist()} lies above log p(x) = {log_px.tolist()}: "
            "it is a lower bound in expectation; did you forget the -log S?")
-    expect(((means[1000] - log_px).abs() <= TOL_SE * ses[1000] + 0.05).all(),
+    expect(((means[1000] - log_px).abs() <= CHECK_TOL_SE * ses[1000] + 0.05).all(),
            f"with S=1000 the estimate {means[1000].tolist()} should be within 0.05 nats of log p(x) = "
-           f"{log_px.tolist()} (plus {TOL_SE} standard errors)")
+           f"{log_px.tolist()} (plus {CHECK_TOL_SE} standard errors)")
     print("hidden tests passed")
 
 
@@ -487,7 +487,7 @@ def check_per_datapoint(ns: dict) -> None:
     for dev in devices():
         model = ppca_test_bed(seed=9, device=dev, orthogonal=True)
         W_before = model.cpd_net.W.clone()
-        torch.manual_seed(STAT_SEED)
+        torch.manual_seed(CHECK_SEED)
         x = model.marginal().sample((2, 3))  # [2, 3, D]
         q = fit_per_datapoint(x, model, num_steps=400, lr=0.05, num_samples=8)
         expect_distribution(q, (2, 3), (2,), f"fit_per_datapoint for x of shape [2, 3, D] ({dev})")
@@ -495,7 +495,7 @@ def check_per_datapoint(ns: dict) -> None:
                "fit_per_datapoint changed the model's parameters: optimise only q's mean and scale")
         expect(not q.mean.requires_grad, "return the fitted q detached from the graph (use .detach())")
         prior_q = td.Independent(td.Normal(torch.zeros_like(q.mean), torch.ones_like(q.mean)), 1)
-        elbo_fit, elbo_prior = gaussian_elbo(x, q, model), gaussian_elbo(x, prior_q, model)
+        elbo_fit, elbo_prior = _gaussian_elbo(x, q, model), _gaussian_elbo(x, prior_q, model)
         post = model.exact_posterior(x)
         post_std = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
         means_fit = bool(((q.mean - post.mean).abs() < 0.15).all())
