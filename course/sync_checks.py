@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import json
 import sys
@@ -33,9 +34,15 @@ COMMON = "_common"
 
 
 def _module_source(name: str) -> tuple[str, ast.Module]:
-    path = REPO / "course" / "checks" / f"{name}.py"
-    text = path.read_text()
-    return text, ast.parse(text)
+    text = (REPO / "course" / "checks" / f"{name}.py").read_text()
+    return text, _parse(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse(text: str) -> ast.Module:
+    # every cell of an assignment needs the same two modules parsed; keyed on the text, so an
+    # edited module is parsed again
+    return ast.parse(text)
 
 
 def _definitions(text: str, tree: ast.Module) -> dict:
@@ -152,13 +159,18 @@ def _bindings(source: str) -> dict:
     return found
 
 
-def _clashes(nb, code: str) -> list[str]:
-    """The names that ``code``, run in the notebook's namespace, would rebind to something else
-    than the notebook's own code binds them to (the notebook outside its hidden regions)."""
-    notebook: dict = {}
+def _notebook_bindings(nb) -> dict:
+    """``_bindings`` of the notebook's own code: every code cell outside its hidden region."""
+    found: dict = {}
     for cell in nb.cells:
         if cell.cell_type == "code":
-            notebook.update(_bindings(cell.source.split(BEGIN)[0]))
+            found.update(_bindings(cell.source.split(BEGIN)[0]))
+    return found
+
+
+def _clashes(notebook: dict, code: str) -> list[str]:
+    """The names that ``code``, run in the notebook's namespace, would rebind to something else
+    than the notebook's own code (``_notebook_bindings``) binds them to."""
     return sorted(name for name, how in _bindings(code).items()
                   if name in notebook and (how is None or how != notebook[name]))
 
@@ -207,13 +219,13 @@ def sync(repo_root: Path = REPO, assignments: list[str] | None = None,
         cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells
                  if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
         module = importlib.import_module(f"course.checks.{assignment}")
-        changed = False
+        changed, own = False, _notebook_bindings(nb)
         for grade_id in module.CHECKS:
             if grade_id not in cells or BEGIN not in cells[grade_id].source:
                 raise ValueError(f"{path.name} has no graded cell {grade_id!r} with hidden tests")
             cell = cells[grade_id]
             code = hidden_code(assignment, grade_id)
-            clashes = _clashes(nb, code)
+            clashes = _clashes(own, code)
             if clashes:  # the notebook's later cells would see the check's objects instead
                 raise ValueError(f"the hidden code of {assignment}:{grade_id} rebinds the notebook's "
                                  f"{clashes}: rename them in course/checks")
