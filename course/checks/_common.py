@@ -5,6 +5,8 @@ check's hidden region, so each helper must be self-contained: it may use the imp
 this module and the other helpers here, nothing else.
 """
 
+import contextlib
+
 import torch
 import torch.distributions as td
 
@@ -12,7 +14,7 @@ from dpm_core import PPCA
 from dpm_core.grading import expect_distribution
 
 __all__ = ["cpd_distribution", "expect_batch_and_event", "expect_raises", "known_mistake", "pca_problem",
-           "seeded_ppca"]
+           "references_in", "seeded_ppca"]
 
 
 def cpd_distribution(net, inputs, name: str):
@@ -87,6 +89,26 @@ def pca_problem(device):
     offset = 8.0 * torch.randn(6, generator=gen, dtype=torch.float64)
     return ((torch.randn(400, 6, generator=gen, dtype=torch.float64) * stds) @ basis.T
             + offset).to(device)
+
+
+@contextlib.contextmanager
+def references_in(ns: dict, **references):
+    """Put reference implementations into the notebook's namespace while a check runs.
+
+    The student's downstream code looks its upstream functions up in ``ns`` when it runs, so
+    it then calls the references, and an upstream mistake costs points once. The student's
+    objects are restored afterwards, whatever happens.
+    """
+    saved = {name: ns[name] for name in references if name in ns}
+    ns.update(references)
+    try:
+        yield
+    finally:
+        for name in references:
+            if name in saved:
+                ns[name] = saved[name]
+            else:
+                ns.pop(name, None)
 
 
 def seeded_ppca(seed: int = 0, orthogonal: bool = False, data_size: int = 6, latent_size: int = 2,

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.distributions as td
 
-from course.checks._common import known_mistake, pca_problem, seeded_ppca
+from course.checks._common import known_mistake, pca_problem, references_in, seeded_ppca
 from dpm_core import PPCA
 from dpm_core.grading import devices, expect, expect_close, expect_distribution, expect_shape
 
@@ -58,6 +58,22 @@ def _shifted_q(model: PPCA, x: torch.Tensor, shift: float = 0.5, factor: float =
     std = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
     return td.Independent(td.Normal(post.mean + shift, factor * std), 1)
 
+
+
+def _log_weights_ref(x: torch.Tensor, qz: td.Distribution, joint, num_samples: int) -> torch.Tensor:
+    """The reference log_weights: log p(z_s, x) - log q(z_s|x) for z_s ~ q (rsample), [S] + batch."""
+    z = qz.rsample((num_samples,))
+    return joint.log_prob(z, x) - qz.log_prob(z)
+
+
+def _iwae_bound_ref(log_weights: torch.Tensor) -> torch.Tensor:
+    """The reference iwae_bound: log of the mean weight over dimension 0."""
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
+
+
+def _elbo_estimate_ref(x: torch.Tensor, qz: td.Distribution, joint, num_samples: int = 1) -> torch.Tensor:
+    """The reference elbo_estimate: the mean log-weight."""
+    return _log_weights_ref(x, qz, joint, num_samples).mean(dim=0)
 
 def check_pca_basis(ns: dict) -> None:
     """pca's mean and basis: orthonormal top eigenvectors of the covariance, in order.
@@ -403,27 +419,29 @@ def check_elbo_estimate(ns: dict) -> None:
     Grades the cell elbo-estimate-tests.
     """
     elbo_estimate = ns["elbo_estimate"]
-    for dev in devices():
-        model = ppca_test_bed(seed=6, device=dev)
-        torch.manual_seed(CHECK_SEED)
-        x = model.marginal().sample((4,))  # [4, D]
-        R = 4000  # independent one-sample estimates per observation, as a batch
-        x_rep = x.expand(R, 4, 6)
-        q_rep = _shifted_q(model, x_rep)  # a diagonal Gaussian 1.5 to 2 nats worse than the posterior
-        exact = _gaussian_elbo(x, _shifted_q(model, x), model)  # [4]
-        torch.manual_seed(CHECK_SEED)
-        for S in (1, 10):
-            est = elbo_estimate(x_rep, q_rep, model, S).detach()  # [R, 4]
-            expect_shape(est, (R, 4), f"elbo_estimate for x of shape [{R}, 4, D] and S={S}")
-            mean, se = est.mean(0), est.std(0) / math.sqrt(R)
-            if S == 10 and (mean - exact > CHECK_TOL_SE * se + 0.05).any():
-                raise AssertionError(
-                    "the average of elbo_estimate with S=10 lies above the exact ELBO: the ELBO averages "
-                    "the log-weights; did you take the log of the average weight (the IWAE estimate)?")
-            expect(((mean - exact).abs() <= CHECK_TOL_SE * se + 0.01).all(),
-                   f"elbo_estimate with S={S} ({dev}) averages {mean.tolist()} over {R} repeats, but the "
-                   f"exact ELBO is {exact.tolist()} (tolerance {CHECK_TOL_SE} standard errors + 0.01): it "
-                   "should be the mean of log p(z, x) - log q(z|x) over S draws from q")
+    # the student's elbo_estimate calls the reference log_weights: a log_weights mistake costs once
+    with references_in(ns, log_weights=_log_weights_ref):
+        for dev in devices():
+            model = ppca_test_bed(seed=6, device=dev)
+            torch.manual_seed(CHECK_SEED)
+            x = model.marginal().sample((4,))  # [4, D]
+            R = 4000  # independent one-sample estimates per observation, as a batch
+            x_rep = x.expand(R, 4, 6)
+            q_rep = _shifted_q(model, x_rep)  # a diagonal Gaussian 1.5 to 2 nats worse than the posterior
+            exact = _gaussian_elbo(x, _shifted_q(model, x), model)  # [4]
+            torch.manual_seed(CHECK_SEED)
+            for S in (1, 10):
+                est = elbo_estimate(x_rep, q_rep, model, S).detach()  # [R, 4]
+                expect_shape(est, (R, 4), f"elbo_estimate for x of shape [{R}, 4, D] and S={S}")
+                mean, se = est.mean(0), est.std(0) / math.sqrt(R)
+                if S == 10 and (mean - exact > CHECK_TOL_SE * se + 0.05).any():
+                    raise AssertionError(
+                        "the average of elbo_estimate with S=10 lies above the exact ELBO: the ELBO averages "
+                        "the log-weights; did you take the log of the average weight (the IWAE estimate)?")
+                expect(((mean - exact).abs() <= CHECK_TOL_SE * se + 0.01).all(),
+                       f"elbo_estimate with S={S} ({dev}) averages {mean.tolist()} over {R} repeats, but the "
+                       f"exact ELBO is {exact.tolist()} (tolerance {CHECK_TOL_SE} standard errors + 0.01): it "
+                       "should be the mean of log p(z, x) - log q(z|x) over S draws from q")
     print("hidden tests passed")
 
 
@@ -433,48 +451,50 @@ def check_log_prob_estimate(ns: dict) -> None:
     Grades the cell log-prob-estimate-tests.
     """
     log_prob_estimate = ns["log_prob_estimate"]
-    for dev in devices():
-        model = ppca_test_bed(seed=7, device=dev)
-        torch.manual_seed(CHECK_SEED)
-        x = model.marginal().sample((3, 5))
-        est = log_prob_estimate(x, model.exact_posterior(x), model, 20)
-        expect_shape(est, (3, 5), f"log_prob_estimate for x of shape [3, 5, D] ({dev})")
-        expect_close(est, model.exact_log_marginal(x), f"log_prob_estimate with the exact posterior ({dev})",
-                     rtol=1e-6, atol=1e-6)
+    # with the reference log_weights and iwae_bound, so that their mistakes cost points once
+    with references_in(ns, log_weights=_log_weights_ref, iwae_bound=_iwae_bound_ref):
+        for dev in devices():
+            model = ppca_test_bed(seed=7, device=dev)
+            torch.manual_seed(CHECK_SEED)
+            x = model.marginal().sample((3, 5))
+            est = log_prob_estimate(x, model.exact_posterior(x), model, 20)
+            expect_shape(est, (3, 5), f"log_prob_estimate for x of shape [3, 5, D] ({dev})")
+            expect_close(est, model.exact_log_marginal(x), f"log_prob_estimate with the exact posterior ({dev})",
+                         rtol=1e-6, atol=1e-6)
 
-    # Statistical properties with a proposal 1.5 to 2 nats worse than the posterior, on the CPU.
-    # Seed CHECK_SEED; R independent estimates per observation (as a batch); tolerance CHECK_TOL_SE standard
-    # errors of the mean over the R repeats, plus the absolute slack stated in each check.
-    model = ppca_test_bed(seed=8)
-    torch.manual_seed(CHECK_SEED)
-    x = model.marginal().sample((4,))
-    log_px = model.exact_log_marginal(x)
-    elbo = _gaussian_elbo(x, _shifted_q(model, x), model)
-    means, ses = {}, {}
-    with torch.no_grad():
-        for S, R in ((1, 4000), (10, 400), (100, 100), (1000, 40)):
-            x_rep = x.expand(R, 4, 6)
-            est = log_prob_estimate(x_rep, _shifted_q(model, x_rep), model, S)  # [R, 4]
-            expect_shape(est, (R, 4), f"log_prob_estimate for x of shape [{R}, 4, D] and S={S}")
-            means[S], ses[S] = est.mean(0), est.std(0) / math.sqrt(R)
-    expect(((means[1] - elbo).abs() <= CHECK_TOL_SE * ses[1] + 0.01).all(),
-           f"with S=1 the estimate should equal the ELBO in expectation: mean over 4000 repeats "
-           f"{means[1].tolist()}, exact ELBO {elbo.tolist()}")
-    for small, large in ((1, 10), (10, 100), (100, 1000)):
-        expect((means[large] > means[small] - CHECK_TOL_SE * (ses[small] + ses[large])).all(),
-               f"the estimate does not grow from S={small} to S={large} "
-               f"({means[small].tolist()} -> {means[large].tolist()}): did you average the log-weights "
-               "(that is the ELBO for every S) instead of taking the log of the average weight?")
-    expect((means[10] - means[1] > 0.5).all() and (means[100] - means[10] > 0.05).all(),
-           "the estimate grows too little with S: the log of the average weight should climb from the "
-           "ELBO towards log p(x); did you average the log-weights (that is the ELBO for every S)? Means "
-           f"for S = 1, 10, 100: {[[round(v, 3) for v in means[S].tolist()] for S in (1, 10, 100)]}")
-    expect((means[1000] <= log_px + CHECK_TOL_SE * ses[1000] + 0.01).all(),
-           f"with S=1000 the estimate {means[1000].tolist()} lies above log p(x) = {log_px.tolist()}: "
-           "it is a lower bound in expectation; did you forget the -log S?")
-    expect(((means[1000] - log_px).abs() <= CHECK_TOL_SE * ses[1000] + 0.05).all(),
-           f"with S=1000 the estimate {means[1000].tolist()} should be within 0.05 nats of log p(x) = "
-           f"{log_px.tolist()} (plus {CHECK_TOL_SE} standard errors)")
+        # Statistical properties with a proposal 1.5 to 2 nats worse than the posterior, on the CPU.
+        # Seed CHECK_SEED; R independent estimates per observation (as a batch); tolerance CHECK_TOL_SE standard
+        # errors of the mean over the R repeats, plus the absolute slack stated in each check.
+        model = ppca_test_bed(seed=8)
+        torch.manual_seed(CHECK_SEED)
+        x = model.marginal().sample((4,))
+        log_px = model.exact_log_marginal(x)
+        elbo = _gaussian_elbo(x, _shifted_q(model, x), model)
+        means, ses = {}, {}
+        with torch.no_grad():
+            for S, R in ((1, 4000), (10, 400), (100, 100), (1000, 40)):
+                x_rep = x.expand(R, 4, 6)
+                est = log_prob_estimate(x_rep, _shifted_q(model, x_rep), model, S)  # [R, 4]
+                expect_shape(est, (R, 4), f"log_prob_estimate for x of shape [{R}, 4, D] and S={S}")
+                means[S], ses[S] = est.mean(0), est.std(0) / math.sqrt(R)
+        expect(((means[1] - elbo).abs() <= CHECK_TOL_SE * ses[1] + 0.01).all(),
+               f"with S=1 the estimate should equal the ELBO in expectation: mean over 4000 repeats "
+               f"{means[1].tolist()}, exact ELBO {elbo.tolist()}")
+        for small, large in ((1, 10), (10, 100), (100, 1000)):
+            expect((means[large] > means[small] - CHECK_TOL_SE * (ses[small] + ses[large])).all(),
+                   f"the estimate does not grow from S={small} to S={large} "
+                   f"({means[small].tolist()} -> {means[large].tolist()}): did you average the log-weights "
+                   "(that is the ELBO for every S) instead of taking the log of the average weight?")
+        expect((means[10] - means[1] > 0.5).all() and (means[100] - means[10] > 0.05).all(),
+               "the estimate grows too little with S: the log of the average weight should climb from the "
+               "ELBO towards log p(x); did you average the log-weights (that is the ELBO for every S)? Means "
+               f"for S = 1, 10, 100: {[[round(v, 3) for v in means[S].tolist()] for S in (1, 10, 100)]}")
+        expect((means[1000] <= log_px + CHECK_TOL_SE * ses[1000] + 0.01).all(),
+               f"with S=1000 the estimate {means[1000].tolist()} lies above log p(x) = {log_px.tolist()}: "
+               "it is a lower bound in expectation; did you forget the -log S?")
+        expect(((means[1000] - log_px).abs() <= CHECK_TOL_SE * ses[1000] + 0.05).all(),
+               f"with S=1000 the estimate {means[1000].tolist()} should be within 0.05 nats of log p(x) = "
+               f"{log_px.tolist()} (plus {CHECK_TOL_SE} standard errors)")
     print("hidden tests passed")
 
 
@@ -484,40 +504,42 @@ def check_per_datapoint(ns: dict) -> None:
     Grades the cell per-datapoint-tests.
     """
     fit_per_datapoint = ns["fit_per_datapoint"]
-    for dev in devices():
-        model = ppca_test_bed(seed=9, device=dev, orthogonal=True)
-        W_before = model.cpd_net.W.clone()
-        torch.manual_seed(CHECK_SEED)
-        x = model.marginal().sample((2, 3))  # [2, 3, D]
-        q = fit_per_datapoint(x, model, num_steps=400, lr=0.05, num_samples=8)
-        expect_distribution(q, (2, 3), (2,), f"fit_per_datapoint for x of shape [2, 3, D] ({dev})")
-        expect(torch.equal(model.cpd_net.W, W_before),
-               "fit_per_datapoint changed the model's parameters: optimise only q's mean and scale")
-        expect(not q.mean.requires_grad, "return the fitted q detached from the graph (use .detach())")
-        prior_q = td.Independent(td.Normal(torch.zeros_like(q.mean), torch.ones_like(q.mean)), 1)
-        elbo_fit, elbo_prior = _gaussian_elbo(x, q, model), _gaussian_elbo(x, prior_q, model)
-        post = model.exact_posterior(x)
-        post_std = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
-        means_fit = bool(((q.mean - post.mean).abs() < 0.15).all())
-        if (elbo_fit < elbo_prior).any():
-            if means_fit:  # the means were trained; what is returned as the scale is not what was
-                raise AssertionError("the fitted means are right but the returned scales are far "
-                                     "from the posterior's: return the same positive transform of "
-                                     "the trained parameter (softplus) that the loss used")
-            raise AssertionError("the fitted q has a lower ELBO than the prior it started from: did you "
-                                 "minimise the ELBO? Minimise its negative")
-        gap = model.exact_log_marginal(x) - elbo_fit
-        # 0.25 nats: the last Adam iterate on 8-draw gradients jitters; with the draws and data
-        # of 100 seeds the reference's largest gap was 0.151 (typically 0.05), and a fit that
-        # stops after 8 steps is more than 1 nat away
-        expect((gap < 0.25).all(),
-               f"the fitted q's ({dev}) are up to {gap.max():.3f} nats below log p(x); with a diagonal "
-               "posterior they should get within 0.25 nats. Check that the loss is -elbo_estimate "
-               "(summed or averaged over the batch), that z is drawn with rsample, and that both the "
-               "mean and the scale are updated")
-        expect(((q.stddev - post_std).abs() < 0.15).all(),
-               "the fitted scales are far from the posterior's standard deviations: are the scales "
-               "trained, and kept positive with softplus?")
+    # with the reference elbo_estimate, so that an estimator mistake costs points once
+    with references_in(ns, elbo_estimate=_elbo_estimate_ref):
+        for dev in devices():
+            model = ppca_test_bed(seed=9, device=dev, orthogonal=True)
+            W_before = model.cpd_net.W.clone()
+            torch.manual_seed(CHECK_SEED)
+            x = model.marginal().sample((2, 3))  # [2, 3, D]
+            q = fit_per_datapoint(x, model, num_steps=400, lr=0.05, num_samples=8)
+            expect_distribution(q, (2, 3), (2,), f"fit_per_datapoint for x of shape [2, 3, D] ({dev})")
+            expect(torch.equal(model.cpd_net.W, W_before),
+                   "fit_per_datapoint changed the model's parameters: optimise only q's mean and scale")
+            expect(not q.mean.requires_grad, "return the fitted q detached from the graph (use .detach())")
+            prior_q = td.Independent(td.Normal(torch.zeros_like(q.mean), torch.ones_like(q.mean)), 1)
+            elbo_fit, elbo_prior = _gaussian_elbo(x, q, model), _gaussian_elbo(x, prior_q, model)
+            post = model.exact_posterior(x)
+            post_std = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+            means_fit = bool(((q.mean - post.mean).abs() < 0.15).all())
+            if (elbo_fit < elbo_prior).any():
+                if means_fit:  # the means were trained; what is returned as the scale is not what was
+                    raise AssertionError("the fitted means are right but the returned scales are far "
+                                         "from the posterior's: return the same positive transform of "
+                                         "the trained parameter (softplus) that the loss used")
+                raise AssertionError("the fitted q has a lower ELBO than the prior it started from: did you "
+                                     "minimise the ELBO? Minimise its negative")
+            gap = model.exact_log_marginal(x) - elbo_fit
+            # 0.25 nats: the last Adam iterate on 8-draw gradients jitters; with the draws and data
+            # of 100 seeds the reference's largest gap was 0.151 (typically 0.05), and a fit that
+            # stops after 8 steps is more than 1 nat away
+            expect((gap < 0.25).all(),
+                   f"the fitted q's ({dev}) are up to {gap.max():.3f} nats below log p(x); with a diagonal "
+                   "posterior they should get within 0.25 nats. Check that the loss is -elbo_estimate "
+                   "(summed or averaged over the batch), that z is drawn with rsample, and that both the "
+                   "mean and the scale are updated")
+            expect(((q.stddev - post_std).abs() < 0.15).all(),
+                   "the fitted scales are far from the posterior's standard deviations: are the scales "
+                   "trained, and kept positive with softplus?")
     print("hidden tests passed")
 
 
