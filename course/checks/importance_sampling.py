@@ -133,6 +133,7 @@ def check_pca_encoding(ns: dict) -> None:
         N = Xh.shape[0]
         Xc = Xh - Xh.mean(0)
         eigvals = torch.linalg.eigvalsh(Xc.T @ Xc / N)  # ascending
+        _, _, Vh = torch.linalg.svd(Xc, full_matrices=False)  # rows: directions, largest first
         for K in (1, 3):
             mean_h, W_h, Z_h = pca(Xh, K)
             expect_shape(Z_h, (N, K), f"Z (K={K})", "one row of codes per data point")
@@ -140,6 +141,9 @@ def check_pca_encoding(ns: dict) -> None:
                 raise AssertionError("Z = X W: subtract the mean before projecting, z = W^T (x - mean)")
             expect_close(Z_h, (Xh - mean_h) @ W_h, f"Z (K={K}, {dev})",
                          "the codes are z_n = W^T (x_n - mean)", rtol=1e-8, atol=1e-8)
+            eye = torch.eye(K, dtype=torch.float64, device=dev)
+            if not torch.allclose((W_h.T @ Vh[:K].T).abs(), eye, atol=1e-5):
+                continue  # a wrong basis costs the points of pca-basis-tests, not these again
             X_rec = Z_h @ W_h.T + mean_h  # decoder
             error = ((Xh - X_rec) ** 2).sum(-1).mean()
             expect_close(error, eigvals[: 6 - K].sum(), f"mean squared reconstruction error (K={K})",
