@@ -107,6 +107,20 @@ def test_the_pipeline_refuses_a_release_from_notebooks_out_of_sync(course_copy):
     assert not (course_copy / "release").exists()
 
 
+def test_sync_refuses_generated_code_that_rebinds_a_notebook_name(course_copy, monkeypatch):
+    """Would sync refuse a check whose generated code redefines a name the notebook's own code
+    defines (later cells would call the check's version; this cost the reference 10 points)?"""
+    original = sync_checks.hidden_code
+
+    def clashing(assignment, grade_id):
+        code = original(assignment, grade_id)
+        return code + "\n\n\ndef loss_func(*args):\n    pass" if grade_id == "kl-formula-tests" else code
+
+    monkeypatch.setattr(sync_checks, "hidden_code", clashing)
+    with pytest.raises(ValueError, match=r"vae_basics:kl-formula-tests rebinds the notebook's \['loss_func'\]"):
+        sync_checks.sync(course_copy)
+
+
 def test_sync_is_idempotent(course_copy):
     """Does a second sync rewrite nothing, leaving every notebook's bytes as they were?"""
     sync_checks.sync(course_copy)
