@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: main test setup pipeline reference lab
+.PHONY: main test setup pipeline reference lab sync-checks
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,10 @@ test:
 
 pipeline: setup
 	$(PY) -m course.pipeline
+
+## sync-checks: write course/checks/<assignment>.py into the hidden regions of source/
+sync-checks:
+	$(PY) -m course.sync_checks
 
 reference: setup
 	$(PY) -m dpm_core.reference $(ARGS)

@@ -1,0 +1,406 @@
+"""A catalogue of realistic student mistakes, as data, for ``tests/test_checks.py``.
+
+Each entry changes one solution cell of a source notebook (``old`` -> ``new``, ``old``
+occurring once in the cell) and names the check that must fail (``check``, a grade id)
+and words its message must contain (``words``). ``accepted`` marks a mistake that gets
+through on purpose, with the reason.
+"""
+
+from typing import NamedTuple
+
+
+class Mistake(NamedTuple):
+    """One wrong solution and the check that must catch it."""
+
+    assignment: str
+    cell: str
+    old: str
+    new: str
+    check: str
+    words: tuple
+    accepted: str = ""
+
+
+_KL = "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)"
+_EPS = "eps = torch.randn_like(mu)"
+_Z = "return mu + eps * torch.exp(0.5 * logvar)"
+_BCE = 'nll = F.binary_cross_entropy(recon_x, x, reduction="none").sum(-1)'
+_LOSS = "return (nll + KL(mu, logvar)).mean()"
+
+
+def _vae(cell, old, new, check, *words, accepted=""):
+    return Mistake("vae_basics", cell, old, new, check, words, accepted)
+
+
+def _gen(cell, old, new, check, *words, accepted=""):
+    return Mistake("dpm2_generative", cell, old, new, check, words, accepted)
+
+
+_BUFFERS = ('self.register_buffer("locs", torch.zeros(self.outcome_shape))\n'
+            '        self.register_buffer("scales", torch.ones(self.outcome_shape))')
+_NORMAL = "normal = td.Normal(loc=self.locs.expand(shape), scale=self.scales.expand(shape))"
+_MIXING = "mixing = td.Categorical(logits=self.logits.expand(batch_shape + (self.num_components,)))"
+_LOCS = "self.locs = nn.Parameter(torch.empty(shape).uniform_(lbound, rbound))"
+_COMPONENTS = "td.Normal(loc=self.locs.expand(comp_shape), scale=self.scales.expand(comp_shape))"
+_BERNOULLI = "return td.Independent(td.Bernoulli(logits=logits), len(self.outcome_shape))"
+_CB = "return td.Independent(td.ContinuousBernoulli(logits=logits), len(self.outcome_shape))"
+_JOINT = "return self.prior(latent_batch).log_prob(z) + self.obs_model(z).log_prob(x)"
+_MARGINAL = "return torch.logsumexp(log_joint, dim=0)"
+_POSTERIOR = "return td.Categorical(logits=log_joint.movedim(0, -1))  # batch_shape + [N]"
+_NAIVE = "return self.obs_model(z).log_prob(x).mean(dim=0)  # batch_shape"
+
+
+def _inf(cell, old, new, check, *words, accepted=""):
+    return Mistake("dpm2_inference", cell, old, new, check, words, accepted)
+
+
+_GAUSS_SCALES = "nn.Softplus(),\n            ReshapeLast(self.outcome_shape))"
+_MOG_SCALES = "nn.Softplus(),\n            ReshapeLast(component_shape))"
+_GAUSS_Q = ("return td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(h)),\n"
+            "                              len(self.outcome_shape))")
+_DRL_RATE = ("kl = closed_form_kl(qz, pz)\n        R = kl if kl is not None else (log_qz - log_pz).mean(0)\n"
+             "        # log")
+_DRL_L = "L = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(S)"
+_SCORE = ("r, cv_loss = self.cv_model(reward.detach(), x=x, q=qz, r_fn=r_fn)\n"
+          "            # the score term: its gradient is (r - b) grad log q(z|x), and it must not reach theta\n"
+          "            surrogate = log_px_z.mean(0) + (r.detach() * log_qz).mean(0)")
+_CENTRE = "self.r_mean.mul_(1.0 - self.alpha).add_(self.alpha * r.mean())"
+
+
+def _is(cell, old, new, check, *words, accepted=""):
+    return Mistake("importance_sampling", cell, old, new, check, words, accepted)
+
+
+_MARGINAL_COV = "cov = W @ W.T + sigma ** 2 * torch.eye(D, dtype=W.dtype, device=W.device)"
+_POST_M = "M = W.T @ W + sigma ** 2 * torch.eye(K, dtype=W.dtype, device=W.device)"
+_IWAE = "return torch.logsumexp(log_weights, dim=0) - math.log(S)"
+_LW = "return joint.log_prob(z, x) - qz.log_prob(z)"
+_ELBO = "return log_weights(x, qz, joint, num_samples).mean(dim=0)"
+_LPE = "return iwae_bound(log_weights(x, qz, joint, num_samples))"
+
+
+MISTAKES = [
+    # vae_basics: the KL formula (the hidden test's list of known mistakes, and more)
+    _vae("kl-solution", _KL, "-" + _KL, "kl-formula-tests", "sign is flipped"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() ** 2 + mu.pow(2) - 1.0 - 2 * logvar).sum(-1)",
+         "kl-formula-tests", "standard deviation"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() ** 2 + mu.pow(2) - 1.0 - logvar).sum(-1)",
+         "kl-formula-tests", "squared"),
+    _vae("kl-solution", _KL, "0.5 * ((0.5 * logvar).exp() + mu.pow(2) - 1.0 - logvar).sum(-1)",
+         "kl-formula-tests", "sigma = exp(logvar / 2)"),
+    _vae("kl-solution", _KL, "0.5 * (mu.exp() + logvar.pow(2) - 1.0 - mu).sum(-1)",
+         "kl-formula-tests", "mu and logvar are swapped"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - logvar).sum(-1)",
+         "kl-formula-tests", "-1 is missing"),
+    _vae("kl-solution", _KL, "(logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)",
+         "kl-formula-tests", "factor 1/2"),
+    _vae("kl-solution", _KL, "0.5 * ((-logvar).exp() + mu.pow(2) * (-logvar).exp() - 1.0 + logvar).sum(-1)",
+         "kl-formula-tests", "KL(p || q)"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() - 1.0 - logvar).sum(-1)",
+         "kl-formula-tests", "mu^2 term is missing"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - 1.0).sum(-1)",
+         "kl-formula-tests", "-log sigma^2"),
+    _vae("kl-solution", _KL, _KL + ".detach()", "kl-formula-tests", "no gradient"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar.detach()).sum(-1)",
+         "kl-formula-tests", "d KL / d logvar"),
+    # vae_basics: the KL reduction
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar)",
+         "kl-reduction-tests", "sum the per-coordinate terms"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).mean(-1)",
+         "kl-reduction-tests", "mean over the latent"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(1)",
+         "kl-reduction-tests", "dim 1"),
+    _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum()",
+         "kl-reduction-tests", "reduced over everything"),
+    # vae_basics: the distribution of z
+    _vae("reparametrise-solution", _EPS, "eps = torch.rand_like(mu)",
+         "reparametrise-distribution-tests", "randn_like"),
+    _vae("reparametrise-solution", _Z, "return mu + eps * torch.exp(logvar)",
+         "reparametrise-distribution-tests", "exp(0.5 * logvar)"),
+    _vae("reparametrise-solution", _Z, "return mu + eps",
+         "reparametrise-distribution-tests", "not scaled"),
+    _vae("reparametrise-solution", _Z, "return mu + eps * logvar",
+         "reparametrise-distribution-tests", "logvar^2"),
+    _vae("reparametrise-solution", _Z, "return mu + eps * torch.exp(0.25 * logvar)",
+         "reparametrise-distribution-tests", "sigma, not sigma^2"),
+    _vae("reparametrise-solution", _Z, "return logvar + eps * torch.exp(0.5 * mu)",
+         "reparametrise-distribution-tests", "swapped"),
+    _vae("reparametrise-solution", _EPS, "eps = torch.randn_like(mu[..., :1])",
+         "reparametrise-distribution-tests", "correlated"),
+    _vae("reparametrise-solution", _EPS, "torch.manual_seed(0)\n    " + _EPS,
+         "reparametrise-distribution-tests", "same z"),
+    _vae("reparametrise-solution", _EPS, "eps = torch.from_numpy(np.random.randn(*mu.shape))",
+         "reparametrise-distribution-tests", "dtype"),
+    # vae_basics: the gradients of z
+    _vae("reparametrise-solution", _Z, "return (mu + eps * torch.exp(0.5 * logvar)).detach()",
+         "reparametrise-gradient-tests", "carries no gradient"),
+    _vae("reparametrise-solution", _Z, "return td.Normal(mu, torch.exp(0.5 * logvar)).sample()",
+         "reparametrise-gradient-tests", "carries no gradient"),
+    _vae("reparametrise-solution", _Z, "return mu + eps * torch.exp(0.5 * logvar).detach()",
+         "reparametrise-gradient-tests", "no gradient reaches logvar"),
+    # vae_basics: the terms of the loss (the hidden test's list of known mistakes, and more)
+    _vae("loss-solution", _LOSS, "return nll.mean()", "loss-terms-tests", "KL term is missing"),
+    _vae("loss-solution", _LOSS, "return (nll - KL(mu, logvar)).mean()", "loss-terms-tests",
+         "wrong sign"),
+    _vae("loss-solution", _LOSS, "return (-nll - KL(mu, logvar)).mean()", "loss-terms-tests",
+         "this is the ELBO"),
+    _vae("loss-solution", _LOSS, "return (-nll + KL(mu, logvar)).mean()", "loss-terms-tests",
+         "reconstruction term has the wrong sign"),
+    _vae("loss-solution", _BCE, 'nll = F.binary_cross_entropy(recon_x, x, reduction="none").mean(-1)',
+         "loss-terms-tests", "averaged over the pixels"),
+    _vae("loss-solution", _LOSS, "return (nll + KL(mu, logvar) / mu.shape[-1]).mean()",
+         "loss-terms-tests", "KL is averaged over the latent"),
+    _vae("loss-solution", _BCE, 'nll = F.binary_cross_entropy(x, recon_x, reduction="none").sum(-1)',
+         "loss-terms-tests", "recon_x and x are swapped"),
+    _vae("loss-solution", _BCE,
+         'nll = F.binary_cross_entropy_with_logits(recon_x, x, reduction="none").sum(-1)',
+         "loss-terms-tests", "not logits"),
+    _vae("loss-solution", _LOSS, "return (nll + KL(logvar, mu)).mean()", "loss-terms-tests",
+         "arguments of KL are swapped"),
+    _vae("loss-solution", _BCE,
+         'nll = F.binary_cross_entropy(recon_x.detach(), x, reduction="none").sum(-1)',
+         "loss-terms-tests", "recon_x"),
+    _vae("loss-solution", _LOSS, "return (nll + KL(mu, logvar)).mean().item()", "loss-terms-tests",
+         "torch.Tensor"),
+    # vae_basics: the batch reduction of the loss
+    _vae("loss-solution", _LOSS, "return (nll + KL(mu, logvar)).sum()", "loss-batch-tests",
+         "summed over the batch"),
+    _vae("loss-solution", _LOSS, "return nll + KL(mu, logvar)", "loss-batch-tests",
+         "one value per image"),
+    _vae("loss-solution", _BCE, 'nll = F.binary_cross_entropy(recon_x, x, reduction="sum")',
+         "loss-batch-tests", "mean of the losses of its images"),
+    # dpm2_generative: the Gaussian prior
+    _gen("gaussian-prior-solution", "return td.Independent(normal, len(self.outcome_shape))",
+         "return normal", "gaussian-prior-tests", "td.Independent"),
+    _gen("gaussian-prior-solution", "return td.Independent(normal, len(self.outcome_shape))",
+         "return td.Independent(normal, 1)", "gaussian-prior-tests", "td.Independent"),
+    _gen("gaussian-prior-solution", _NORMAL,
+         "normal = td.Normal(loc=self.locs.expand(shape), scale=self.scales.expand(shape) ** 2 * 2)",
+         "gaussian-prior-tests", "standard deviation"),
+    _gen("gaussian-prior-solution", _BUFFERS,
+         "self.locs = nn.Parameter(torch.zeros(self.outcome_shape))\n"
+         "        self.scales = nn.Parameter(torch.ones(self.outcome_shape))",
+         "gaussian-prior-buffers-tests", "register_buffer"),
+    _gen("gaussian-prior-solution", _BUFFERS,
+         "self.locs = torch.zeros(self.outcome_shape)\n        self.scales = torch.ones(self.outcome_shape)",
+         "gaussian-prior-buffers-tests", "buffers"),
+    _gen("gaussian-prior-solution", _NORMAL,
+         "normal = td.Normal(loc=torch.zeros(shape), scale=torch.ones(shape))",
+         "gaussian-prior-buffers-tests", "float32"),
+    # dpm2_generative: the mixture prior
+    _gen("mog-prior-solution", _MIXING,
+         "mixing = td.Categorical(probs=self.logits.expand(batch_shape + (self.num_components,)))",
+         "mog-prior-shapes-tests", "Categorical"),
+    _gen("mog-prior-solution", "            len(self.outcome_shape))\n        mixing",
+         "            1)\n        mixing", "mog-prior-shapes-tests", "td.Independent"),
+    _gen("mog-prior-solution", _MIXING,
+         "mixing = td.Categorical(logits=torch.zeros(batch_shape + (self.num_components,)))",
+         "mog-prior-values-tests", "ignores the mixing logits"),
+    _gen("mog-prior-solution", "return F.softplus(self.raw_scales)", "return self.raw_scales",
+         "mog-prior-parameters-tests", "positivity transform"),
+    _gen("mog-prior-solution", _LOCS, "self.locs = nn.Parameter(torch.rand(shape))",
+         "mog-prior-parameters-tests", "outside"),
+    _gen("mog-prior-solution", _LOCS,
+         "self.locs = nn.Parameter(torch.full(shape, (lbound + rbound) / 2))",
+         "mog-prior-parameters-tests", "all equal"),
+    _gen("mog-prior-solution", _LOCS,
+         'self.register_buffer("locs", torch.empty(shape).uniform_(lbound, rbound))',
+         "mog-prior-parameters-tests", "nn.Parameter"),
+    _gen("mog-prior-solution", _COMPONENTS,
+         "td.Normal(loc=self.locs.expand(comp_shape), scale=self.scales.expand(comp_shape) ** 2)",
+         "mog-prior-values-tests", "standard deviations"),
+    # dpm2_generative: the image models
+    _gen("binarized-image-model-solution", _BERNOULLI,
+         "return td.Independent(td.Bernoulli(probs=logits), len(self.outcome_shape))",
+         "binarized-image-model-tests", "logits="),
+    _gen("binarized-image-model-solution", _BERNOULLI, "return td.Bernoulli(logits=logits)",
+         "binarized-image-model-tests", "td.Independent"),
+    _gen("binarized-image-model-solution", _BERNOULLI,
+         "return td.Independent(td.Bernoulli(logits=logits), 1)",
+         "binarized-image-model-tests", "td.Independent"),
+    _gen("continuous-image-model-solution", _CB,
+         "return td.Independent(td.Bernoulli(logits=logits), len(self.outcome_shape))",
+         "continuous-image-model-tests", "continuous Bernoulli"),
+    _gen("continuous-image-model-solution", _CB,
+         "return td.Independent(td.ContinuousBernoulli(probs=torch.sigmoid(logits).round()), 3)",
+         "continuous-image-model-tests", "logits"),
+    _gen("continuous-image-model-solution", _CB, "return td.ContinuousBernoulli(logits=logits)",
+         "continuous-image-model-tests", "td.Independent"),
+    # dpm2_generative: the joint distribution
+    _gen("joint-distribution-solution", _JOINT, "return self.obs_model(z).log_prob(x)",
+         "joint-log-prob-tests", "log p(z) is missing"),
+    _gen("joint-distribution-solution", _JOINT, "return self.prior(latent_batch).log_prob(z)",
+         "joint-log-prob-tests", "log p(x|z) is missing"),
+    _gen("joint-distribution-solution", _MARGINAL, "return log_joint.mean(0)",
+         "joint-log-marginal-tests", "averages the log joint"),
+    _gen("joint-distribution-solution", _MARGINAL,
+         "return torch.logsumexp(log_joint, dim=0) - math.log(z.shape[0])",
+         "joint-log-marginal-tests", "average of p(z, x)"),
+    _gen("joint-distribution-solution", _MARGINAL,
+         "return torch.logsumexp(self.obs_model(z).log_prob(x), dim=0)",
+         "joint-log-marginal-tests", "leaves out the prior"),
+    _gen("joint-distribution-solution", _POSTERIOR, "return td.Categorical(logits=log_joint)",
+         "joint-posterior-tests", "last"),
+    _gen("joint-distribution-solution", _POSTERIOR,
+         "return td.Categorical(logits=self.obs_model(z).log_prob(x).movedim(0, -1))",
+         "joint-posterior-tests", "proportional to p(z) p(x|z)"),
+    _gen("joint-distribution-solution", _NAIVE, "return -self.obs_model(z).log_prob(x).mean(dim=0)",
+         "joint-naive-bound-tests", "wrong sign"),
+    _gen("joint-distribution-solution", _NAIVE,
+         "return (pz.log_prob(z) + self.obs_model(z).log_prob(x)).mean(dim=0)",
+         "joint-naive-bound-tests", "log p(z, x)"),
+    _gen("joint-distribution-solution", _NAIVE,
+         "return torch.logsumexp(self.obs_model(z).log_prob(x), 0) - math.log(num_samples)",
+         "joint-naive-bound-tests", "larger than"),
+    _gen("joint-distribution-solution", _NAIVE, "return self.obs_model(z).log_prob(x).sum(dim=0)",
+         "joint-naive-bound-tests", "naive_lowerbound"),
+    _gen("joint-distribution-solution", _NAIVE,
+         "return self.obs_model(z).log_prob(x).mean(dim=0).detach()",
+         "joint-naive-bound-tests", "gradient"),
+    # dpm2_inference: the CPD nets
+    _inf("gaussian-cpd-solution", _GAUSS_SCALES, "ReshapeLast(self.outcome_shape))",
+         "gaussian-cpd-tests", "softplus"),
+    _inf("gaussian-cpd-solution", _GAUSS_Q,
+         "return td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(h)), 1)",
+         "gaussian-cpd-tests", "td.Independent"),
+    _inf("gaussian-cpd-solution", _GAUSS_Q, "return td.Normal(loc=self.locs(h), scale=self.scales(h))",
+         "gaussian-cpd-tests", "td.Independent"),
+    _inf("gaussian-cpd-solution", _GAUSS_Q,
+         "return td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(torch.zeros_like(h))),\n"
+         "                              len(self.outcome_shape))",
+         "gaussian-cpd-tests", "depend on the inputs"),
+    _inf("mog-cpd-solution", _MOG_SCALES, "ReshapeLast(component_shape))", "mog-cpd-tests", "softplus"),
+    _inf("mog-cpd-solution", "td.Categorical(logits=self.logits(h))",
+         "td.Categorical(logits=self.logits(torch.zeros_like(h)))", "mog-cpd-tests", "mixing weights"),
+    _inf("mog-cpd-solution", "len(self.outcome_shape))\n        return td.MixtureSameFamily",
+         "1)\n        return td.MixtureSameFamily", "mog-cpd-tests", "td.Independent over all outcome dimensions"),
+    # dpm2_inference: NVIL.DRL
+    _inf("nvil-solution", _DRL_RATE, _DRL_RATE.replace("closed_form_kl(qz, pz)", "closed_form_kl(pz, qz)"),
+         "nvil-drl-tests", "KL"),
+    _inf("nvil-solution", _DRL_RATE, _DRL_RATE.replace("(log_qz - log_pz)", "(log_pz - log_qz)"),
+         "nvil-drl-tests", "log q(z_s|x) - log p(z_s)"),
+    _inf("nvil-solution", _DRL_L, "L = (log_px_z + log_pz - log_qz).mean(0)", "nvil-drl-tests", "L"),
+    _inf("nvil-solution", _DRL_L, "L = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0)",
+         "nvil-drl-tests", "L"),
+    _inf("nvil-solution", "D = -log_px_z.mean(0)\n        kl = closed_form_kl(qz, pz)\n",
+         "D = log_px_z.mean(0)\n        kl = closed_form_kl(qz, pz)\n", "nvil-drl-tests", "D"),
+    # dpm2_inference: NVIL.forward
+    _inf("nvil-solution", "z = qz.rsample((S,)) if pathwise else qz.sample((S,))", "z = qz.sample((S,))",
+         "nvil-forward-tests", "rsample"),
+    _inf("nvil-solution", "surrogate = -D - rate_weight * R", "surrogate = -D - R",
+         "nvil-forward-tests", "rate_weight"),
+    _inf("nvil-solution", '"ELBO": (-D - R).mean().item()', '"ELBO": surrogate.mean().item()',
+         "nvil-forward-tests", "surrogate"),
+    _inf("nvil-solution", "raise ValueError(f\"estimator must be", "print(f\"estimator must be",
+         "nvil-forward-tests", "unknown estimator"),
+    _inf("nvil-solution",
+         "log_qz, log_pz = qz.log_prob(z), pz.log_prob(z)  # [S, B]\n        kl = closed_form_kl(qz, pz)  # [B], or None",
+         "log_qz, log_pz = qz.log_prob(z.detach()), pz.log_prob(z.detach())  # [S, B]\n"
+         "        kl = closed_form_kl(qz, pz)  # [B], or None",
+         "nvil-pathwise-tests", "biased"),
+    _inf("nvil-solution", _SCORE,
+         _SCORE.replace("reward.detach()", "reward").replace("r.detach() * log_qz", "r * log_qz"),
+         "nvil-sfe-tests", "detach"),
+    _inf("nvil-solution", "(-rate_weight * kl if kl is not None", "(rate_weight * kl if kl is not None",
+         "nvil-cv-hookup-tests", "rate_weight * KL(q || p)"),
+    _inf("nvil-solution",
+         "reward = log_px_z if kl is not None else log_px_z - rate_weight * (log_qz - log_pz)",
+         "reward = log_px_z", "nvil-cv-hookup-tests", "sampled rate"),
+    _inf("nvil-solution", "loss = -surrogate.mean() + cv_loss.mean()", "loss = -surrogate.mean()",
+         "nvil-cv-hookup-tests", "control variate's loss"),
+    _inf("nvil-solution", "surrogate = log_px_z.mean(0) + (r.detach() * log_qz).mean(0)",
+         "surrogate = log_px_z.mean(0) + (reward.detach() * log_qz).mean(0)",
+         "nvil-cv-hookup-tests", "control variate's output"),
+    # dpm2_inference: the control variates
+    _inf("cv-running-solution", _CENTRE, "self.r_mean.mul_(self.alpha).add_((1.0 - self.alpha) * r.mean())",
+         "cv-centred-tests", "alpha"),
+    _inf("cv-running-solution", "centred = r - self.r_mean", "centred = r - r.mean()",
+         "cv-centred-tests", "running"),
+    _inf("cv-running-solution", ".clamp_(min=1.0)", "", "cv-scaled-tests", "floor it at 1"),
+    _inf("cv-running-solution", "scaled = r / self.r_std", "scaled = r * self.r_std",
+         "cv-scaled-tests", "divide"),
+    _inf("cv-critic-solution", "baseline = r_fn(q.sample(sample_shape), x)", "baseline = r_fn(q.sample(), x)",
+         "cv-selfcritic-tests", "fresh draw"),
+    _inf("cv-critic-solution", "return r - baseline, torch.zeros_like(r)",
+         "return baseline - r, torch.zeros_like(r)", "cv-selfcritic-tests", "r - r_fn"),
+    _inf("cv-critic-solution", "return r - b.detach(), (r - b) ** 2", "return r - b, (r - b) ** 2",
+         "cv-baseline-tests", "detach the baseline"),
+    _inf("cv-critic-solution", "return r - b.detach(), (r - b) ** 2",
+         "return r - b.detach(), (r - b.detach()) ** 2", "cv-baseline-tests", "no gradient to b"),
+    _inf("cv-critic-solution", "return r - b.detach(), (r - b) ** 2",
+         "return r - b.detach(), (r - b).abs()", "cv-baseline-tests", "(r - b(x)) ** 2"),
+    _inf("cv-critic-solution", "loss = loss + extra", "loss = extra", "cv-chain-tests", "sum"),
+    _inf("cv-critic-solution", "members = control_variates[0].items()",
+         "members = ((str(i), cv) for i, cv in enumerate(control_variates[0].values()))",
+         "cv-chain-tests", "keys"),
+    # importance_sampling: PCA
+    _is("pca-solution", "cov = Xc.T @ Xc / X.shape[0]", "cov = X.T @ X / X.shape[0]",
+        "pca-basis-tests", "centre the data"),
+    _is("pca-solution", "W = eigvecs.flip(-1)[:, :num_components]", "W = eigvecs[:, :num_components]",
+        "pca-basis-tests", "SMALLEST"),
+    _is("pca-solution", "W = eigvecs.flip(-1)[:, :num_components]",
+        "W = eigvecs.flip(-1).T[:, :num_components]", "pca-basis-tests", "eigenvectors"),
+    _is("pca-solution", "W = eigvecs.flip(-1)[:, :num_components]", "W = eigvecs[:, -num_components:]",
+        "pca-basis-tests", "not sorted by decreasing eigenvalue"),
+    _is("pca-solution", "return mean, W, Xc @ W", "return mean, W, X @ W", "pca-encoding-tests",
+        "subtract the mean"),
+    _is("pca-solution", "return mean, W, Xc @ W", "return mean, W, Xc @ W @ W.T", "pca-encoding-tests",
+        "Z"),
+    # importance_sampling: PPCA in closed form
+    _is("ppca-solution", _MARGINAL_COV, _MARGINAL_COV.replace("sigma ** 2 *", "sigma *"),
+        "ppca-marginal-tests", "sigma^2, not sigma"),
+    _is("ppca-solution", _MARGINAL_COV, _MARGINAL_COV.replace("sigma ** 2 *", ""),
+        "ppca-marginal-tests", "not W W^T + I"),
+    _is("ppca-solution", _MARGINAL_COV, "cov = W @ W.T", "ppca-marginal-tests", "singular"),
+    _is("ppca-solution", "return td.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)",
+        "return td.Independent(td.Normal(b, cov.diagonal().sqrt()), 1).log_prob(x)",
+        "ppca-marginal-tests", "only the diagonal"),
+    _is("ppca-solution", "mean = (x - b) @ W @ M_inv", "mean = (x - b) @ W", "ppca-posterior-mean-tests",
+        "left out M^{-1}"),
+    _is("ppca-solution", "mean = (x - b) @ W @ M_inv", "mean = x @ W @ M_inv", "ppca-posterior-mean-tests",
+        "subtract b"),
+    _is("ppca-solution", _POST_M, "M = W.T @ W", "ppca-posterior-mean-tests", "left out sigma^2 I"),
+    _is("ppca-solution", _POST_M, _POST_M.replace("sigma ** 2 *", "sigma *"), "ppca-posterior-mean-tests",
+        "sigma squared"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)", "covariance_matrix=M_inv)",
+        "ppca-posterior-cov-tests", "left out sigma^2"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)", "covariance_matrix=sigma * M_inv)",
+        "ppca-posterior-cov-tests", "sigma squared"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)", "covariance_matrix=sigma ** 2 * M)",
+        "ppca-posterior-cov-tests", "inverse of M"),
+    _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)",
+        "covariance_matrix=torch.diag_embed((sigma ** 2 * M_inv).diagonal()))",
+        "ppca-posterior-cov-tests", "not diagonal"),
+    # importance_sampling: the IWAE bound
+    _is("iwae-bound-solution", _IWAE, "return torch.logsumexp(log_weights, dim=0)", "iwae-bound-tests",
+        "subtract log S"),
+    _is("iwae-bound-solution", _IWAE, "return log_weights.mean(0)", "iwae-bound-tests",
+        "averages the log-weights"),
+    _is("iwae-bound-solution", _IWAE, "return torch.logsumexp(log_weights, dim=-1) - math.log(S)",
+        "iwae-bound-tests", "iwae_bound"),
+    _is("iwae-bound-solution", _IWAE, "return torch.log(torch.exp(log_weights).mean(0))",
+        "iwae-stability-tests", "logsumexp"),
+    # importance_sampling: the estimators
+    _is("estimators-solution", "z = qz.rsample((num_samples,))", "z = qz.sample((num_samples,))",
+        "log-weights-tests", "rsample"),
+    _is("estimators-solution", _LW, "return qz.log_prob(z) - joint.log_prob(z, x)", "log-weights-tests",
+        "wrong sign"),
+    _is("estimators-solution", _LW, "return joint.log_prob(z, x)", "log-weights-tests", "log p(x)"),
+    _is("estimators-solution", _ELBO, "return iwae_bound(log_weights(x, qz, joint, num_samples))",
+        "elbo-estimate-tests", "ELBO"),
+    _is("estimators-solution", _ELBO, "return log_weights(x, qz, joint, num_samples).sum(dim=0)",
+        "elbo-estimate-tests", "ELBO"),
+    _is("estimators-solution", _LPE, "return log_weights(x, qz, joint, num_samples).mean(0)",
+        "log-prob-estimate-tests", "average the log-weights"),
+    _is("estimators-solution", _LPE, "return iwae_bound(log_weights(x, qz, joint, 1))",
+        "log-prob-estimate-tests", "grows too little with S"),
+    # importance_sampling: per-datapoint inference
+    _is("per-datapoint-solution", "loss = -elbo_estimate(", "loss = elbo_estimate(", "per-datapoint-tests",
+        "minimise the ELBO"),
+    _is("per-datapoint-solution", "td.Normal(loc.detach(), F.softplus(raw_scale).detach())",
+        "td.Normal(loc.detach(), raw_scale.detach().abs())", "per-datapoint-tests", "returned scales"),
+    _is("per-datapoint-solution", "return td.Independent(td.Normal(loc.detach(),",
+        "return td.Independent(td.Normal(loc,", "per-datapoint-tests", "detach"),
+    _is("per-datapoint-solution", "for _ in range(num_steps):", "for _ in range(num_steps // 50):",
+        "per-datapoint-tests", "nats below log p(x)"),
+]

@@ -1,0 +1,94 @@
+"""Valid solutions written differently from the reference, for ``tests/test_checks.py``.
+
+Each variant changes one solution cell (``old`` -> ``new``); every check of the assignment
+must still pass.
+"""
+
+from typing import NamedTuple
+
+
+class Variant(NamedTuple):
+    """One correct solution written another way."""
+
+    assignment: str
+    cell: str
+    old: str
+    new: str
+    description: str
+
+
+VARIANTS = [
+    Variant("vae_basics", "kl-solution", "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)",
+            "td.kl_divergence(td.Normal(mu, (0.5 * logvar).exp()), "
+            "td.Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(-1)",
+            "KL with td.kl_divergence of two td.Normal"),
+    Variant("vae_basics", "kl-solution", "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)",
+            "sum(0.5 * (logvar[..., k].exp() + mu[..., k] ** 2 - 1 - logvar[..., k]) "
+            "for k in range(mu.shape[-1]))",
+            "KL as a loop over the latent coordinates"),
+    Variant("vae_basics", "kl-solution", "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)",
+            "-0.5 * torch.sum(1 + logvar - mu ** 2 - torch.exp(logvar), dim=-1)",
+            "KL as written in Kingma and Welling's appendix B"),
+    Variant("vae_basics", "reparametrise-solution", "return mu + eps * torch.exp(0.5 * logvar)",
+            "return td.Normal(mu, torch.exp(0.5 * logvar)).rsample()",
+            "reparametrise with td.Normal.rsample"),
+    Variant("vae_basics", "reparametrise-solution", "return mu + eps * torch.exp(0.5 * logvar)",
+            "return torch.addcmul(mu, eps, logvar.exp().sqrt())",
+            "reparametrise with sqrt(exp(logvar)) and addcmul"),
+    Variant("vae_basics", "loss-solution", "return (nll + KL(mu, logvar)).mean()",
+            "return (-td.Independent(td.Bernoulli(probs=recon_x), 1).log_prob(x) + KL(mu, logvar)).mean()",
+            "loss with the td.Bernoulli log-likelihood"),
+    Variant("vae_basics", "loss-solution", "return (nll + KL(mu, logvar)).mean()",
+            'return (F.binary_cross_entropy(recon_x, x, reduction="sum") + KL(mu, logvar).sum()) / x.shape[0]',
+            "loss as batch sums divided by the batch size"),
+    Variant("dpm2_generative", "mog-prior-solution", "return F.softplus(self.raw_scales)",
+            "return self.raw_scales.exp()", "mixture prior scales with exp instead of softplus"),
+    Variant("dpm2_generative", "binarized-image-model-solution",
+            "return td.Independent(td.Bernoulli(logits=logits), len(self.outcome_shape))",
+            "return td.Independent(td.Bernoulli(probs=torch.sigmoid(logits)), 3)",
+            "Bernoulli from probabilities, sigmoid of the logits"),
+    Variant("dpm2_generative", "joint-distribution-solution",
+            "return td.Categorical(logits=log_joint.movedim(0, -1))  # batch_shape + [N]",
+            "return td.Categorical(probs=(log_joint - torch.logsumexp(log_joint, 0)).exp().movedim(0, -1))",
+            "posterior from normalised probabilities"),
+    Variant("dpm2_generative", "joint-distribution-solution",
+            "return torch.logsumexp(log_joint, dim=0)",
+            "m = log_joint.max(0).values\n        return m + torch.log(torch.exp(log_joint - m).sum(0))",
+            "log_marginal with a hand-written stable log-sum-exp"),
+    Variant("dpm2_inference", "cv-running-solution",
+            "self.r_mean.mul_(1.0 - self.alpha).add_(self.alpha * r.mean())",
+            "self.r_mean.lerp_(r.mean(), self.alpha)", "CentredReward's update with lerp_"),
+    Variant("dpm2_inference", "cv-critic-solution", "return r - b.detach(), (r - b) ** 2",
+            "return r - b.detach(), (b - r).pow(2)", "Baseline's loss written (b - r)^2"),
+    Variant("dpm2_inference", "gaussian-cpd-solution",
+            "return td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(h)),\n"
+            "                              len(self.outcome_shape))",
+            "return td.Independent(td.Normal(self.locs(h), self.scales(h)),\n"
+            "                              reinterpreted_batch_ndims=len(self.outcome_shape))",
+            "GaussianCPDNet with positional Normal arguments"),
+    Variant("importance_sampling", "pca-solution",
+            "_, eigvecs = torch.linalg.eigh(cov)  # eigenvalues ascending\n"
+            "    W = eigvecs.flip(-1)[:, :num_components]  # [D, K], largest first",
+            "W = torch.linalg.svd(Xc, full_matrices=False)[2][:num_components].T",
+            "PCA with the SVD of the centred data"),
+    Variant("importance_sampling", "ppca-solution",
+            "return td.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)",
+            "return td.LowRankMultivariateNormal(b, W, sigma ** 2 * torch.ones(D, dtype=W.dtype, "
+            "device=W.device)).log_prob(x)",
+            "PPCA marginal as a LowRankMultivariateNormal"),
+    Variant("importance_sampling", "ppca-solution", "mean = (x - b) @ W @ M_inv",
+            "mean = torch.linalg.solve(M, W.T @ (x - b).unsqueeze(-1)).squeeze(-1)",
+            "PPCA posterior mean with linalg.solve"),
+    Variant("importance_sampling", "iwae-bound-solution",
+            "return torch.logsumexp(log_weights, dim=0) - math.log(S)",
+            "m = log_weights.max(0).values\n    return m + torch.log(torch.exp(log_weights - m).mean(0))",
+            "IWAE bound with a hand-written max shift"),
+    Variant("importance_sampling", "estimators-solution", "z = qz.rsample((num_samples,))",
+            "z = qz.mean + qz.stddev * torch.randn((num_samples,) + qz.mean.shape, dtype=qz.mean.dtype, "
+            "device=qz.mean.device)",
+            "log-weights with manual reparameterisation of a diagonal Gaussian"),
+    Variant("importance_sampling", "estimators-solution",
+            "return log_weights(x, qz, joint, num_samples).mean(dim=0)",
+            "return torch.stack([log_weights(x, qz, joint, 1)[0] for _ in range(num_samples)]).mean(0)",
+            "ELBO estimate as a loop over single draws"),
+]

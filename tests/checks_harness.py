@@ -1,0 +1,144 @@
+"""Run a source notebook's checks outside nbgrader, on the reference or on a changed solution.
+
+The namespace a check sees is built the way the notebook builds it, without data loading
+or training: the set-up and given cells named in ``CONTEXT_CELLS`` and every solution cell
+run in notebook order (IPython magics dropped); before its check, the visible part of each
+graded test cell runs too, because some checks read names that part defines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+BEGIN = "### BEGIN HIDDEN TESTS"
+
+#: given code cells (by grade id) that the checks need, besides the solution cells
+CONTEXT_CELLS = {
+    "vae_basics": ["setup"],
+    "dpm2_generative": ["setup", "test-helpers", "image-model-base", "tiny-model"],
+    "dpm2_inference": ["setup", "cpd-check-helper", "ppca-testbed"],
+    "importance_sampling": ["setup", "fixtures"],
+}
+#: the assignments whose hidden tests are checks modules already
+#: given cells that only the visible self-checks need (the checks do not)
+VISIBLE_CONTEXT_CELLS = {"importance_sampling": ["data"]}
+ASSIGNMENTS = [a for a in CONTEXT_CELLS if (REPO / "course" / "checks" / f"{a}.py").exists()]
+
+
+def checks(assignment: str) -> dict:
+    """The ``CHECKS`` registry of ``course/checks/<assignment>.py``."""
+    return importlib.import_module(f"course.checks.{assignment}").CHECKS
+
+
+def notebook_cells(assignment: str) -> dict:
+    """``{grade id: cell}`` of the source notebook's cells with a grade id, in order."""
+    nb = nbformat.read(REPO / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("grade_id")}
+
+
+def _code(source: str) -> str:
+    return "\n".join(line for line in source.split("\n") if not line.lstrip().startswith("%"))
+
+
+def reference_namespace(assignment: str, replace: tuple | None = None, also: tuple = ()) -> dict:
+    """The notebook's namespace after its context and solution cells.
+
+    Args:
+        assignment: the assignment's name.
+        replace: ``(grade id, old, new)``: run that solution cell with ``old`` replaced by ``new``.
+        also: further given cells to run (by grade id).
+
+    Raises:
+        ValueError: ``old`` does not occur exactly once in the cell.
+    """
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ["NBGRADER_EXECUTION"] = "autograde"  # small budgets in the cells that have one
+    ns: dict = {"__name__": "__main__"}
+    for grade_id, cell in notebook_cells(assignment).items():
+        meta = cell.metadata["nbgrader"]
+        if cell.cell_type != "code":
+            continue
+        if grade_id in CONTEXT_CELLS[assignment] or grade_id in also or meta.get("solution"):
+            source = cell.source
+            if replace and replace[0] == grade_id:
+                if source.count(replace[1]) != 1:
+                    raise ValueError(f"{grade_id} holds {replace[1]!r} "
+                                     f"{source.count(replace[1])} times, expected once")
+                source = source.replace(replace[1], replace[2])
+            exec(compile(_code(source), f"<{assignment}:{grade_id}>", "exec"), ns)
+    if "matplotlib.pyplot" in sys.modules:  # a set-up cell may draw; nobody looks here
+        sys.modules["matplotlib.pyplot"].close("all")
+    return ns
+
+
+def cell_code(assignment: str, grade_id: str) -> str:
+    """The code of a cell as the kernel runs it (IPython magics dropped)."""
+    return _code(notebook_cells(assignment)[grade_id].source)
+
+
+def visible_part(assignment: str, grade_id: str) -> str:
+    """The code of a graded test cell before its hidden region."""
+    return _code(notebook_cells(assignment)[grade_id].source.split(BEGIN)[0])
+
+
+def needs_visible_part(ns: dict, assignment: str, grade_id: str) -> bool:
+    """Whether the check reads a name from ``ns`` that only its cell's visible part defines."""
+    return not _names_read(assignment, grade_id) <= set(ns)
+
+
+def _names_read(assignment: str, grade_id: str) -> set:
+    """The names a check reads from the notebook's namespace (``ns["name"]``)."""
+    source = inspect.getsource(checks(assignment)[grade_id])
+    return set(re.findall(r'ns\["(\w+)"\]', source))
+
+
+def run_check(ns: dict, assignment: str, grade_id: str, visible: bool | None = None) -> None:
+    """Run one check on ``ns``, first running the visible self-checks of its cell as the
+    notebook does when ``visible`` is true, or (None) when the check reads a name that only
+    they define. Failures of the self-checks are ignored here: the check is what is graded.
+    """
+    if visible is None:
+        visible = needs_visible_part(ns, assignment, grade_id)
+    if visible:
+        try:
+            exec(compile(visible_part(assignment, grade_id), f"<{grade_id} visible>", "exec"), ns)
+        except Exception:  # noqa: BLE001 -- a failing self-check is reported by the check itself
+            pass
+    checks(assignment)[grade_id](ns)
+
+
+def outcomes(assignment: str, replace: tuple | None = None, after: str | None = None,
+             only: list | None = None) -> dict:
+    """``{grade id: None if its check passed, else "ErrorType: message"}`` for the checks of
+    the assignment (those after the cell ``after`` in notebook order, when given; only those
+    in ``only``, when given), run on the namespace of ``reference_namespace(assignment,
+    replace)`` with torch seeded 0 before each."""
+    import torch
+
+    ns = reference_namespace(assignment, replace)
+    order = list(notebook_cells(assignment))
+    results = {}
+    for grade_id in checks(assignment):
+        if after is not None and order.index(grade_id) < order.index(after):
+            continue
+        if only is not None and grade_id not in only:
+            continue
+        torch.manual_seed(0)
+        try:
+            run_check(ns, assignment, grade_id)
+            results[grade_id] = None
+        except Exception as error:  # noqa: BLE001 -- any error fails the cell in nbgrader
+            results[grade_id] = f"{type(error).__name__}: {error}"
+    return results
