@@ -245,10 +245,12 @@ class Sandbox:
 
     def bwrap_argv(self, command: Sequence[str], bwrap: str = "bwrap") -> list[str]:
         """The ``bwrap`` command line that runs ``command`` inside this sandbox."""
-        args = [bwrap, *_isolation_flags(), *_system_binds()]
+        # the private /tmp first: a bind made before it under /tmp (a virtualenv or a scratch
+        # course in /tmp) would be hidden by it
+        args = [bwrap, *_isolation_flags(), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
+                *_system_binds(), *_gpu_binds()]
         for path in _distinct_folders(self.readonly):
             args += ["--ro-bind", str(path), str(path)]
-        args += ["--proc", "/proc", "--dev", "/dev", *_gpu_binds(), "--tmpfs", "/tmp"]
         for path in (self.runtime_dir, self.workdir):
             args += ["--bind", str(path), str(path)]
         args += ["--chdir", str(self.workdir), "--clearenv"]
