@@ -217,7 +217,8 @@ def scores(result: Result) -> tuple[float, float]:
 
 
 def format_summary(results: list[Result], assignments: list[dict]) -> str:
-    """One row per student: points per assignment, time, peak memory, reasons and flags."""
+    """One row per student: points per assignment, time, peak memory, reasons and flags;
+    a last line counts the submissions that the grader itself failed to grade."""
     names = [a["name"] for a in assignments]
     by_student: dict = {}
     for r in results:
@@ -244,6 +245,12 @@ def format_summary(results: list[Result], assignments: list[dict]) -> str:
         lines.append(f"{student[:23]:<24}" + "".join(f"{c:>{width}}" for c in cells)
                      + f"{seconds:>8.1f}s" + f"{(gib(peak) if peak else 'n/a'):>11}  "
                      + ("; ".join(notes) or "graded"))
+    errors = [r for r in results if r.status == "error"]
+    if errors:
+        lines.append(f"\n{len(errors)} of {len(results)} submissions were NOT graded because the "
+                     f"grader failed (status [error]: not the students' doing); fix the cause "
+                     f"shown above and grade them again: --students "
+                     + " ".join(sorted({r.student for r in errors})))
     return "\n".join(lines)
 
 

@@ -81,7 +81,9 @@ class BoundedExecute(Execute):
       before keep their outputs, so their points. nbgrader alone loses the notebook.
     * What one cell may print is capped at ``max_output_bytes`` as it arrives, so a
       50 MB print cannot make a 50 MB feedback page or fill the grader's memory.
-    * The reason, if any, is written as JSON (``{"stopped": ...}``) to ``report_file``.
+    * The reason, if any, is written as JSON to ``report_file``: ``stopped`` (why the
+      student's notebook stopped early) and ``grader_error`` (the kernel did not even start:
+      not the student's doing).
     """
 
     notebook_timeout = Integer(0, help="seconds for the whole notebook (0: no limit)").tag(config=True)
@@ -95,13 +97,19 @@ class BoundedExecute(Execute):
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout else None
         self._stopped = ""
         self._output_sizes = {}
+        self._started = False
+        grader_error = ""
         try:
             return super().preprocess(nb, resources, km)
+        except Exception as err:
+            if not self._started:  # no student code has run: the grader's fault, not theirs
+                grader_error = f"the kernel did not start ({type(err).__name__}: {err})"
+            raise
         finally:
             self.timeout = self._cell_timeout
             if self.report_file:
                 with open(self.report_file, "w") as f:
-                    json.dump({"stopped": self._stopped}, f)
+                    json.dump({"stopped": self._stopped, "grader_error": grader_error}, f)
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code" or not cell.source.strip():
@@ -117,6 +125,7 @@ class BoundedExecute(Execute):
             cell.outputs = [self._error("NotRun", f"not run: {self._stopped}")] \
                 if utils.is_grade(cell) else []
             return cell, resources
+        self._started = True
         try:
             return super().preprocess_cell(cell, resources, index)
         except DeadKernelError:

@@ -304,8 +304,8 @@ def write_kernelspec(jupyter_dir: Path, argv: list[str]) -> Path:
 
 
 def gib(n: int) -> str:
-    """``"4 GiB"`` for 4 * 2**30 bytes, ``"1.5 GiB"`` for 1.5 * 2**30."""
-    return f"{n / 2 ** 30:.3g} GiB"
+    """``"4 GiB"`` for 4 * 2**30 bytes, ``"1.5 GiB"`` for 1.5 * 2**30, ``"600 MiB"`` below 1 GiB."""
+    return f"{n / 2 ** 30:.3g} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.3g} MiB"
 
 
 def _launch(argv: list[str]) -> None:

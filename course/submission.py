@@ -323,9 +323,13 @@ def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCa
                                           f"{job.limits.submission_timeout} s")
         log.append(output)
         if reports[nb].exists():
-            stopped = json.loads(reports[nb].read_text()).get("stopped")
-            if stopped:
-                result.reasons.setdefault(nb, stopped)
+            report = json.loads(reports[nb].read_text())
+            if report.get("grader_error"):
+                result.status = "error"
+                result.reasons.setdefault(nb, f"grading failed, not the student's doing: "
+                                              f"{report['grader_error']}")
+            elif report.get("stopped"):
+                result.reasons.setdefault(nb, report["stopped"])
         if returncode not in (0, None) and nb not in result.reasons:
             errors = [line.split("ERROR]", 1)[1].strip() for line in output.splitlines()
                       if "ERROR]" in line and "Please see" not in line and "There was an error" not in line]

@@ -481,3 +481,23 @@ def test_the_launcher_joins_the_cgroup(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "cgroup.procs").read_text() == run.stdout.strip()
+
+
+@needs_sandbox
+def test_a_kernel_that_cannot_start_is_the_graders_error(tmp_path):
+    """When the kernel cannot even start, is the submission marked
+    as the grader's error, with the reason, instead of a student's 0 for failing? (A 4 MiB
+    memory cap: too little for Python itself.)"""
+    from course.grade import _source_files
+    from course.merge import template_gradebook
+    from course.submission import Job, grade_submission
+
+    shutil.copytree(REPO / "source" / "vae_basics", tmp_path / "source" / "vae_basics")
+    notebook = (REPO / "source" / "vae_basics" / "vae_basics.ipynb").read_bytes()
+    job = Job("vae_basics", "starved", ["vae_basics"], _source_files(tmp_path, "vae_basics"),
+              {"vae_basics.ipynb": notebook}, template_gradebook(tmp_path, "vae_basics"),
+              Limits(memory=4 * 2 ** 20, cell_timeout=20, notebook_timeout=60))
+    result = grade_submission(job)
+    assert result.status == "error", result.reason_text()
+    assert "the kernel did not start" in result.reason_text()
+    assert "NOT graded because the grader failed" in format_summary([result], [ASSIGNMENT])
