@@ -159,30 +159,30 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
                desc="grading")
     start = time.perf_counter()
     try:
-        in_flight = max(2, 2 * len(client.scheduler_info().get("workers", {})) or 2 * workers)
-        queue = iter(pending)
+        workers_now = len(client.scheduler_info().get("workers", {})) or workers
+        queue, sent = iter(pending), {}  # sent: future key -> (assignment, student)
 
         def submit_next(futures) -> None:
             """Read and send the next submission: a few in flight, not the class in memory."""
             item = next(queue, None)
             if item is not None:
                 j = job(*item)
-                futures.add(client.submit(grade_submission, j, pure=False, retries=1,
-                                          key=f"grade-{j.assignment}-{j.student}-{time.time_ns()}"))
+                future = client.submit(grade_submission, j, pure=False, retries=1)
+                sent[future.key] = (item[0], j.student)
+                futures.add(future)
 
         futures = as_completed([])
-        for _ in range(in_flight):
+        for _ in range(2 * max(1, workers_now)):
             submit_next(futures)
         with Gradebook(f"sqlite:///{db}") as gb:
             for future in futures:
+                a, student = sent.pop(future.key)
                 try:
                     result = future.result()
                 except Exception as err:  # the worker died (KilledWorker) or the task failed
-                    assignment, student = _names_of(future.key)
-                    result = Result(assignment, student, status="error",
-                                    reasons={"(grader)": f"grading failed: {type(err).__name__}: {err}"})
-                    a = next(x for x in assignments if x["name"] == assignment)
-                    result.notebooks = {nb: b"" for nb in a["notebooks"]}
+                    result = Result(a["name"], student, status="error",
+                                    reasons={"(grader)": f"grading failed: {type(err).__name__}: {err}"},
+                                    notebooks={nb: b"" for nb in a["notebooks"]})
                 merge_result(gb, result, root / "course" / "autograded")
                 results.append(result)
                 bar.update()
@@ -196,18 +196,6 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
         if cluster is not None:
             cluster.close()
     return results
-
-
-def _names_of(key: str) -> tuple[str, str]:
-    """(assignment, student) from a task key ``grade-<assignment>-<student>-<ns>``."""
-    from course.pipeline import load_assignments
-
-    body = key[len("grade-"):key.rindex("-")]
-    for a in load_assignments():
-        if body.startswith(a["name"] + "-"):
-            return a["name"], body[len(a["name"]) + 1:]
-    name, _, student = body.partition("-")
-    return name, student
 
 
 def scores(result: Result) -> tuple[float, float]:

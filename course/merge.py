@@ -52,10 +52,9 @@ def merge_result(gb: Gradebook, result, autograded_dir: Path) -> None:
         submission = gb.update_or_create_submission(result.assignment, result.student, **kwargs)
     for notebook in submission.notebooks:
         for grade in notebook.grades:
+            # a grade the result does not know (the grader failed before it) scores 0
             score, _, pending, _ = result.grades.get((notebook.name, grade.name),
                                                      (0.0, None, False, True))
-            if grade.cell.cell_type == "code" and score is None:
-                score = 0.0
             grade.auto_score = score
             grade.needs_manual_grade = grade.manual_score is not None or pending or score is None
         for comment in notebook.comments:

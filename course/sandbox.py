@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +211,6 @@ class MemoryCap:
 
     def remove(self) -> None:
         """Kill what is left and delete the group."""
-        import time
-
         for _ in range(50):
             self.kill_all()
             try:

@@ -254,6 +254,9 @@ def _kernel_env(job: Job) -> dict:
         "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "NBGRADER_EXECUTION": "autograde",
+        # the notebook's folder is not on sys.path: a `dpm_core/` (or `torch.py`) handed in
+        # next to the notebook must not shadow the installed package the hidden tests use
+        "PYTHONSAFEPATH": "1",
     }
     from dpm_core.data import data_cache_dir
 
@@ -270,14 +273,14 @@ def _prepare_data() -> list:
 
     The kernels see both read-only, so the cache must be written out here, before them.
     """
-    from dpm_core.data import data_cache_dir, find_data_files, read_idx
+    from dpm_core.data import cache_idx, data_cache_dir, find_data_files
 
     try:
         files = find_data_files("fashion-mnist", download=False)
     except Exception:  # no data: the notebooks say so in their own error
         return []
     for path in files.values():
-        read_idx(path)
+        cache_idx(path)
     return sorted({Path(p).resolve().parent for p in files.values()}) + [data_cache_dir()]
 
 
@@ -403,6 +406,8 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
     """Scores and comments from the scratch gradebook; the autograded notebooks, with notes."""
     from nbgrader.api import Gradebook, MissingEntry
 
+    folder = course / "autograded" / job.student / job.assignment
+    ungraded = {nb for nb in job.notebooks if not (folder / f"{nb}.ipynb").exists()}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         assignment = gb.find_assignment(job.assignment)
         try:
@@ -415,8 +420,7 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
             graded = by_name.get(notebook.name)
             grades = {g.name: g for g in graded.grades} if graded else {}
             comments = {c.name: c for c in graded.comments} if graded else {}
-            failed = notebook.name in result.reasons and not \
-                (course / "autograded" / job.student / job.assignment / f"{notebook.name}.ipynb").exists()
+            failed = notebook.name in result.reasons and notebook.name in ungraded
             for cell in notebook.grade_cells:
                 grade = grades.get(cell.name)
                 score = grade.auto_score if grade is not None else None
@@ -430,20 +434,17 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
                 if comment is not None and comment.auto_comment:
                     result.comments[(notebook.name, cell.name)] = comment.auto_comment
     for nb in job.notebooks:
-        path = course / "autograded" / job.student / job.assignment / f"{nb}.ipynb"
-        if path.exists():
-            notebook = nbformat.read(path, as_version=4)
-        else:
+        if nb in ungraded:
             notebook = _stand_in(course, job, nb)
+        else:
+            notebook = nbformat.read(folder / f"{nb}.ipynb", as_version=4)
         if nb in result.reasons:
             reason = re.sub(r"([\\`*_{}\[\]<>#|$])", r"\\\1", result.reasons[nb])  # literal text
             notebook.cells.insert(0, nbformat.v4.new_markdown_cell(
                 f"{GRADING_NOTE} {reason}. Cells that did not pass score 0."))
         result.notebooks[nb] = nbformat.writes(notebook).encode()
     if result.status != "error" and result.reasons:
-        failed = [nb for nb in job.notebooks
-                  if not (course / "autograded" / job.student / job.assignment / f"{nb}.ipynb").exists()]
-        result.status = "failed" if failed else "stopped"
+        result.status = "failed" if ungraded else "stopped"
 
 
 def _stand_in(course: Path, job: Job, nb: str):

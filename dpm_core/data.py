@@ -57,6 +57,7 @@ from torch.utils.data import Dataset
 __all__ = [
     "read_idx",
     "data_cache_dir",
+    "cache_idx",
     "find_data_files",
     "ImageData",
     "DataSplits",
@@ -212,6 +213,19 @@ def data_cache_dir() -> Path:
         return Path(os.environ["DPM_DATA_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "dpm_core"
+
+
+def cache_idx(path: PathLike) -> Optional[Path]:
+    """Decompress a gzipped IDX file into the cache unless it is there already.
+
+    Returns:
+        The cache file, or None for a file that is not gzipped (it is read as it is).
+    """
+    path = Path(path)
+    cached = _cache_path(path)
+    if cached is not None and not cached.exists():
+        read_idx(path)
+    return cached
 
 
 def _cache_path(path: Path) -> Optional[Path]:

@@ -1,12 +1,13 @@
 """The class grader (course.grade) on a simulated class of honest and hostile students.
 
-One module-scoped course (``vae_basics`` only, the quickest notebook to grade) gets 16
+One module-scoped course (``vae_basics`` only, the quickest notebook to grade) gets 17
 students, graded in one run through a LocalCluster of 2 workers with the kernels in
 bubblewrap: the reference solution, the untouched release, a partial answer, and hostile
 submissions (file vandalism aimed at the gradebook, ``source/``, another student and the
 installed package; signals to the grader; a network probe; a lingering background
 process; a memory bomb; an infinite loop, and one that ignores interrupts; a 50 MB print;
-``os._exit``; a notebook with a copy-pasted test cell; a truncated, an nbformat 3, a
+``os._exit``; a ``dpm_core/`` package handed in next to the notebook; a notebook with a
+copy-pasted test cell; a truncated, an nbformat 3, a
 misnamed and a missing notebook). Honest students must get exactly what serial nbgrader
 gives them; each hostile one is contained and scored with its reason; the batch completes.
 
@@ -160,6 +161,8 @@ while True:
         "truncated-notebook": {"vae_basics.ipynb": text[: len(text) // 2].encode()},
         "nbformat-3": {"vae_basics.ipynb": json.dumps(nbformat3).encode()},
         "misnamed-notebook": {"my_answers.ipynb": _source_nb()},
+        "fake-package": {"vae_basics.ipynb": _source_nb(),
+                         "dpm_core/__init__.py": b"raise ImportError('the fake dpm_core was imported')\n"},
         "no-notebook": {"README.txt": b"I forgot to attach it."},
     }
 
@@ -182,6 +185,7 @@ def graded_class(tmp_path_factory):
         folder.mkdir(parents=True)
         for name, content in files.items():
             data = content if isinstance(content, bytes) else nbformat.writes(content).encode()
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
     before = {"source": _tree_digest(root / "source"),
               "reference": _tree_digest(root / "course" / "submitted" / "reference-solution"),
@@ -216,7 +220,7 @@ def test_every_student_is_graded_and_recorded(graded_class):
     """Does the batch complete, with every student in the gradebook and no code cell left
     "needs autograding" (a score of None)?"""
     results = graded_class["results"]
-    assert len(results) == 16
+    assert len(results) == 17
     for student in results:
         grades = _gradebook_scores(graded_class["root"], student)
         assert grades and all(score is not None for score, _ in grades.values()), (student, grades)
@@ -255,6 +259,15 @@ def test_the_vandal_changes_nothing_outside_its_scratch_folder(graded_class):
     assert not (root / "course" / "vandal-was-here").exists()
     grades = _gradebook_scores(root, "file-vandal")
     assert all(score == best for score, best in grades.values()), grades
+
+
+@needs_sandbox
+def test_a_package_handed_in_does_not_shadow_the_installed_one(graded_class):
+    """Does a ``dpm_core/`` folder next to the notebook stay unimported (the kernel's folder
+    is not on sys.path), so that the reference solution beside it keeps every point?"""
+    result = graded_class["results"]["fake-package"]
+    assert "the fake dpm_core was imported" not in result.notebooks["vae_basics"].decode()
+    assert scores(result)[0] == scores(result)[1] > 0
 
 
 @needs_sandbox
