@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: main test setup pipeline reference lab sync-checks
+.PHONY: main test setup pipeline reference lab sync-checks handout solutions
 
 setup:
 	@bash scripts/setup.sh
@@ -31,3 +31,16 @@ reference: setup
 ## lab: JupyterLab with the nbgrader and widgets extensions
 lab: setup
 	.venv/bin/jupyter lab
+
+## handout: what students receive (not the repository): make handout OPEN="vae_basics" [RELEASE=...] [OUT=handout]
+##          the release notebooks of OPEN, dpm_core with the graded references withheld, the
+##          solutions of RELEASE (default: every assignment before the first open one)
+OUT ?= handout
+handout: setup
+	@test -n "$(OPEN)" || { echo 'name the open assignments: make handout OPEN="vae_basics"'; exit 2; }
+	$(PY) -m course.handout $(OUT) --open $(OPEN) $(if $(RELEASE),--release $(RELEASE)) $(ARGS)
+
+## solutions: after a deadline, release its solutions and references: make solutions RELEASE="vae_basics" [OPEN=...]
+solutions: setup
+	@test -n "$(RELEASE)" || { echo 'name the released assignments: make solutions RELEASE="vae_basics"'; exit 2; }
+	$(PY) -m course.handout $(OUT) --release $(RELEASE) $(if $(OPEN),--open $(OPEN)) $(ARGS)
