@@ -5,8 +5,11 @@ Each graded test cell listed in a checks module's ``CHECKS`` gets, between its
 its own (at grading time the kernel runs in a sandbox that cannot import this repository):
 a comment naming the module to edit, the imports the check needs, the source of every helper
 it uses (from the module itself or from ``course/checks/_common.py``, found by name,
-transitively), the check function, and the call ``check_<name>(globals())``. The rest of
-the cell, the visible self-checks, is left as it is.
+transitively), the check function, and the call ``check_<name>(globals())``. In the cells
+of an exercise that ``course/exercises.py`` gives dpm_core references for, the own-work check
+``_expect_own_work(globals(), {name: reference})`` of ``course/checks/_own_work.py`` (with its
+helpers) runs first, so that an answer taken from dpm_core scores nothing. The rest of the
+cell, the visible self-checks, is left as it is.
 
 Usage, from the repository root::
 
@@ -31,6 +34,7 @@ __all__ = ["BEGIN", "END", "hidden_code", "out_of_sync", "sync"]
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 COMMON = "_common"
+OWN_WORK = "_own_work"
 
 
 def _module_source(name: str) -> tuple[str, ast.Module]:
@@ -107,29 +111,40 @@ def _import_lines(imports: list[tuple]) -> list[str]:
 
 def hidden_code(assignment: str, grade_id: str) -> str:
     """The generated hidden region (without its BEGIN and END lines) of one graded cell."""
+    from course.own_work import exercise_answers  # imports nbformat; only the sync needs it
+
     module = importlib.import_module(f"course.checks.{assignment}")
     check = module.CHECKS[grade_id]
+    answers = exercise_answers(assignment, grade_id)
     own_text, own_tree = _module_source(assignment)
     common_text, common_tree = _module_source(COMMON)
+    work_text, work_tree = _module_source(OWN_WORK)
     own, common = _definitions(own_text, own_tree), _definitions(common_text, common_tree)
+    work = _definitions(work_text, work_tree) if answers else {}
     # a name the module defines itself wins over a shared helper of the same name
-    pool = {**{n: (COMMON, s) for n, s in common.items()}, **{n: (assignment, s) for n, s in own.items()}}
-    needed, todo = set(), [check.__name__]
+    pool = {**{n: (OWN_WORK, s) for n, s in work.items()}, **{n: (COMMON, s) for n, s in common.items()},
+            **{n: (assignment, s) for n, s in own.items()}}
+    needed, todo = set(), [check.__name__] + (["_expect_own_work"] if answers else [])
     while todo:
         name = todo.pop()
         if name in needed:
             continue
         needed.add(name)
         todo += [n for n in _loaded_names(pool[name][1]) if n in pool and n not in needed]
-    ordered = [n for n in common if n in needed and pool[n][0] == COMMON]
+    ordered = [n for n in work if n in needed and pool[n][0] == OWN_WORK]
+    ordered += [n for n in common if n in needed and pool[n][0] == COMMON]
     ordered += [n for n in own if n in needed and n != check.__name__] + [check.__name__]
     used = set().union(*(_loaded_names(pool[n][1]) for n in ordered))
-    imports = [(m, name, asname) for m, name, asname in _imports(own_tree) + _imports(common_tree)
+    imports = [(m, name, asname) for m, name, asname
+               in _imports(own_tree) + _imports(common_tree) + (_imports(work_tree) if work else [])
                if (asname or name.split(".")[0]) in used]
     parts = [f"# Generated from course/checks/{assignment}.py by `python -m course.sync_checks`: "
              f"edit the check there, not here.\n" + "\n".join(_import_lines(imports))]
     parts += list(dict.fromkeys(pool[n][1] for n in ordered))
-    parts.append(f"{check.__name__}(globals())")
+    if answers:  # an answer taken from dpm_core fails here, before the check grades it
+        parts.append(f"_expect_own_work(globals(), {answers!r})\n{check.__name__}(globals())")
+    else:
+        parts.append(f"{check.__name__}(globals())")
     return "\n\n\n".join(parts)
 
 

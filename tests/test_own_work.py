@@ -1,0 +1,340 @@
+"""No credit for dpm_core's reference: the own-work check in the kernel and the source scan.
+
+Does every way of answering an exercise with dpm_core's reference of it (importing,
+aliasing, wrapping, subclassing, composing, copying) fail every test cell of that exercise
+with the own-work message, while the other exercises, the reference solutions, the valid
+variants of ``tests/check_variants.py`` and uses of dpm_core for what is not the exercise
+pass? Does ``scan_solution`` find the same cheats in a cell's source?
+
+A cheat is appended to the reference namespace (its definition rebinds the exercise's name,
+as if the solution cell ended with it); the namespace is restored after each case, so each
+assignment's notebook runs once.
+"""
+
+import inspect
+import textwrap
+
+import pytest
+
+import check_variants
+from checks_harness import (BEGIN, REPO, notebook_cells, outcomes, reference_namespace,
+                            visible_part)
+
+from course.checks._own_work import _expect_own_work
+from course.exercises import EXERCISES, resolve
+from course.own_work import exercise_answers, exercise_tests, scan_solution
+
+#: (assignment, solution cell, name, dotted path) of every reference in course/exercises.py
+REFERENCES = [(a, cell, name, path) for a, cells in EXERCISES.items() for cell, names in cells.items()
+              for name, path in names.items() if path]
+#: the exercises that have references: (assignment, solution cell)
+EXERCISE_IDS = sorted({(a, cell) for a, cell, _, _ in REFERENCES})
+MESSAGE = "dpm_core's reference of this exercise earns no points"
+
+
+def _answers(assignment: str, cell: str) -> dict:
+    return {n: p for n, p in EXERCISES[assignment][cell].items() if p}
+
+
+def _copy_source(path: str, names_present) -> str:
+    """The reference's source as a student would paste it: the names it needs that the notebook
+    lacks imported from its dpm_core module, then the definition, dedented."""
+    ref = resolve(path)
+    module = inspect.getmodule(ref)
+    source = textwrap.dedent(inspect.getsource(ref))
+    needed = sorted(n for n in vars(module) if not n.startswith("__") and n not in names_present
+                    and n != ref.__name__ and f"{n}" in source)
+    imports = f"from {module.__name__} import {', '.join(needed)}\n" if needed else ""
+    return imports + source
+
+
+def cheats(assignment: str, name: str, path: str, names_present) -> dict:
+    """``{form: code}``: the ways of answering ``name`` with the reference at ``path``."""
+    ref = resolve(path)
+    module, qualname = ref.__module__, ref.__qualname__
+    own = qualname.split(".")[-1]
+    forms = {
+        "import": f"from {module} import {qualname.split('.')[0]} as _Ref\n{name} = _Ref"
+                  + ("" if "." not in qualname else f".{own}"),
+        "module alias": f"import {module} as _m\n{name} = _m.{qualname}",
+        "wrapper": f"import {module}\ndef {name}(*args, **kwargs):\n    return {path}(*args, **kwargs)",
+    }
+    if "." not in qualname and hasattr(__import__("dpm_core"), own):
+        forms["package re-export"] = f"import dpm_core\n{name} = dpm_core.{own}"
+    if isinstance(ref, type):
+        forms["subclass"] = f"import {module}\nclass {name}({path}):\n    pass"
+        forms["composition"] = (
+            f"import torch\nfrom {module} import {qualname} as _Inner\n"
+            f"class {name}(torch.nn.Module):\n"
+            f"    def __init__(self, *args, **kwargs):\n"
+            f"        super().__init__()\n"
+            f"        self.inner = _Inner(*args, **kwargs)\n"
+            f"    def forward(self, *args, **kwargs):\n"
+            f"        return self.inner(*args, **kwargs)")
+        forms["composition by type()"] = (  # the class is reached only through an instance
+            f"import torch\nimport {module}\n_models = [{path}]\n"
+            f"class {name}(torch.nn.Module):\n"
+            f"    def __init__(self, *args, **kwargs):\n"
+            f"        super().__init__()\n"
+            f"        self.inner = _models[0](*args, **kwargs)\n"
+            f"    def forward(self, *args, **kwargs):\n"
+            f"        return self.inner(*args, **kwargs)")
+        forms["copy"] = _copy_source(path, names_present)
+    else:
+        forms["partial"] = f"import functools\nimport {module}\n{name} = functools.partial({path})"
+        forms["lambda"] = f"import {module}\n{name} = lambda *args, **kwargs: {path}(*args, **kwargs)"
+        forms["copy"] = _copy_source(path, names_present) + (f"\n{name} = {own}" if own != name else "")
+        forms["getattr of importlib"] = (
+            f"import importlib\ndef {name}(*args, **kwargs):\n"
+            f"    return getattr(importlib.import_module({module!r}), {own!r})(*args, **kwargs)"
+            if "." not in qualname else
+            f"import importlib\ndef {name}(*args, **kwargs):\n"
+            f"    cls = getattr(importlib.import_module({module!r}), {qualname.split('.')[0]!r})\n"
+            f"    return getattr(cls, {own!r})(*args, **kwargs)")
+        if "." in qualname:  # a method: called on an instance the student builds
+            forms["method of an instance"] = (
+                f"def {name}(*args, **kwargs):\n    model = _build_model(*args)\n"
+                f"    return model.{own}(args[0])")
+    return forms
+
+
+CASES = [(a, cell, name, path, form) for a, cell, name, path in REFERENCES
+         for form in cheats(a, name, path, ())]
+
+
+@pytest.fixture(scope="module")
+def namespaces() -> dict:
+    """The reference namespace of every assignment with references, built once."""
+    return {a: reference_namespace(a) for a in EXERCISES}
+
+
+@pytest.fixture
+def restore(namespaces):
+    """Puts every namespace back as it was after a test that changes one."""
+    saved = {a: dict(ns) for a, ns in namespaces.items()}
+    yield
+    for a, ns in namespaces.items():
+        ns.clear()
+        ns.update(saved[a])
+
+
+def _own_work_failure(ns: dict, assignment: str, cell: str):
+    """The own-work check's message for the exercise of ``cell`` on ``ns``, or None if it passes."""
+    try:
+        _expect_own_work(ns, _answers(assignment, cell))
+    except AssertionError as error:
+        return str(error)
+    return None
+
+
+def test_every_reference_resolves_to_dpm_core():
+    """Does every dotted path of course/exercises.py name an object that dpm_core defines there
+    (the kernel-side check refuses one whose module or qualified name differ)?"""
+    for _, _, _, path in REFERENCES:
+        ref = resolve(path)
+        assert f"{ref.__module__}.{ref.__qualname__}" == path
+
+
+@pytest.mark.parametrize("assignment,cell", EXERCISE_IDS, ids=[c for _, c in EXERCISE_IDS])
+def test_every_test_cell_of_the_exercise_runs_the_own_work_check_first(assignment, cell):
+    """Does every graded test cell of the exercise, as synced, call the own-work check with the
+    exercise's references before its check, and no other cell call it with them?"""
+    call = f"_expect_own_work(globals(), {_answers(assignment, cell)!r})\ncheck_"
+    cells = notebook_cells(assignment)
+    tests = exercise_tests(assignment)[cell]
+    assert tests, f"{cell} has no graded test cells"
+    for grade_id, c in cells.items():
+        if c.cell_type == "code" and BEGIN in c.source:
+            assert (call in c.source) == (grade_id in tests), grade_id
+            assert exercise_answers(assignment, grade_id) == (_answers(assignment, cell) if grade_id in tests
+                                                             else exercise_answers(assignment, grade_id))
+
+
+@pytest.mark.parametrize("assignment,cell,name,path,form", CASES,
+                         ids=[f"{n}:{f}" for _, _, n, _, f in CASES])
+def test_cheat_fails_its_exercise_and_only_it(assignment, cell, name, path, form, namespaces, restore):
+    """Does answering the exercise with its reference this way fail the exercise's own-work
+    check with the message, while the other exercises of the notebook pass theirs?"""
+    ns = namespaces[assignment]
+    exec(compile(cheats(assignment, name, path, set(ns))[form], f"<cheat {form}>", "exec"), ns)
+    message = _own_work_failure(ns, assignment, cell)
+    assert message is not None, f"{form} of {path} got through"
+    assert f"{name} is dpm_core's reference answer ({path}): write your own" in message
+    assert MESSAGE in message
+    others = {c: m for a, c in EXERCISE_IDS if a == assignment and c != cell
+              for m in [_own_work_failure(ns, assignment, c)] if m}
+    assert not others, f"{form} of {path} also failed {others}"
+
+
+#: composition that only an instance shows: (assignment, cell, name, path, arguments of a prototype)
+HIDDEN_COMPOSITION = [
+    ("dpm2_inference", "gaussian-cpd-solution", "GaussianCPDNet", "dpm_core.conditionals.GaussianCPDNet", "2, 3"),
+    ("dpm2_inference", "cv-critic-solution", "Baseline", "dpm_core.variance.Baseline", "3, 4"),
+    ("dpm2_generative", "mog-prior-solution", "MoGPriorNet", "dpm_core.priors.MoGPriorNet", "3, 2"),
+]
+
+
+@pytest.mark.parametrize("assignment,cell,name,path,args", HIDDEN_COMPOSITION,
+                         ids=[c[2] for c in HIDDEN_COMPOSITION])
+def test_composition_seen_only_in_an_instance_fails(assignment, cell, name, path, args, namespaces, restore):
+    """Does a class that builds the reference from the type of a prototype instance (which its
+    code does not name) fail, found in a small instance that the check builds?"""
+    ns = namespaces[assignment]
+    module = path.rsplit(".", 1)[0]
+    exec(f"import torch\nimport {module}\n_proto = {path}({args})\n"
+         f"class {name}(torch.nn.Module):\n"
+         f"    def __init__(self, *args, **kwargs):\n"
+         f"        super().__init__()\n"
+         f"        self.inner = type(_proto)(*args, **kwargs)\n"
+         f"    def forward(self, *args, **kwargs):\n"
+         f"        return self.inner(*args, **kwargs)", ns)
+    message = _own_work_failure(ns, assignment, cell)
+    assert message is not None and f"it holds a {path}" in message, message
+
+
+def _hidden_part(assignment: str, grade_id: str) -> str:
+    return notebook_cells(assignment)[grade_id].source.split(BEGIN)[1]
+
+
+@pytest.mark.parametrize("assignment,cell", EXERCISE_IDS, ids=[c for _, c in EXERCISE_IDS])
+def test_every_test_cell_fails_as_synced_when_the_reference_is_imported(assignment, cell, namespaces,
+                                                                        restore):
+    """Run as the kernel runs them, does every test cell of the exercise fail with the own-work
+    message when the solution cell imports dpm_core's references?"""
+    ns = namespaces[assignment]
+    for name, path in _answers(assignment, cell).items():
+        exec(cheats(assignment, name, path, set(ns))["import"], ns)
+    for grade_id in exercise_tests(assignment)[cell]:
+        with pytest.raises(AssertionError, match=MESSAGE):
+            exec(compile(_hidden_part(assignment, grade_id), f"<{grade_id} hidden>", "exec"), ns)
+
+
+@pytest.mark.parametrize("assignment", list(EXERCISES))
+def test_reference_solutions_pass_the_own_work_checks(assignment, namespaces):
+    """Do the notebooks' reference solutions pass the own-work check of every exercise?"""
+    ns = namespaces[assignment]
+    failed = {c: m for a, c in EXERCISE_IDS if a == assignment for m in [_own_work_failure(ns, a, c)] if m}
+    assert not failed
+
+
+VARIANTS = check_variants.VARIANTS
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.description[:50] for v in VARIANTS])
+def test_valid_variant_passes_the_own_work_checks(variant):
+    """Does this correct solution written another way pass the own-work check of every exercise?"""
+    ns = reference_namespace(variant.assignment, (variant.cell, variant.old, variant.new))
+    failed = {c: m for a, c in EXERCISE_IDS if a == variant.assignment
+              for m in [_own_work_failure(ns, a, c)] if m}
+    assert not failed, f"{variant.description}: {failed}"
+
+
+#: solutions that use dpm_core for what is not their exercise: (assignment, cell, old, new, checks
+#: that must pass, what it shows)
+DOWNSTREAM = [
+    ("vae_basics", "loss-solution", "return (nll + KL(mu, logvar)).mean()",
+     "import dpm_core.kl\n    return (nll + dpm_core.kl.KL(mu, logvar)).mean()",
+     ["loss-terms-tests", "loss-batch-tests"], "loss_func calling dpm_core.kl.KL"),
+    ("vae_basics", "kl-solution", "return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)",
+     "return __import__('dpm_core').KL(mu, logvar)",
+     ["loss-terms-tests", "loss-batch-tests", "reparametrise-distribution-tests"],
+     "a KL taken from dpm_core costs the KL cells only"),
+    ("dpm2_inference", "gaussian-cpd-solution", "class GaussianCPDNet(CPDNet):",
+     "from dpm_core.conditionals import GaussianCPDNet\nclass _Unused(CPDNet):",
+     ["mog-cpd-tests", "nvil-drl-tests", "nvil-forward-tests", "cv-centred-tests"],
+     "a GaussianCPDNet taken from dpm_core costs the GaussianCPDNet cell only"),
+    ("dpm2_inference", "nvil-solution", "        R = kl if kl is not None else (log_qz - log_pz).mean(0)\n"
+     "        # log of",
+     "        R = kl if kl is not None else (log_qz - log_pz).mean(0)\n"
+     "        assert isinstance(self.inf_model, CPDNet) or dpm_core.conditionals.GaussianCPDNet\n"
+     "        # log of", ["nvil-drl-tests", "nvil-forward-tests"],
+     "NVIL that names dpm_core.conditionals.GaussianCPDNet (not its exercise's reference)"),
+    ("importance_sampling", "estimators-solution", "z = qz.rsample((num_samples,))",
+     "z = qz.rsample((num_samples,)) if not isinstance(joint, PPCA) else "
+     "qz.rsample((num_samples,)) + 0 * joint.exact_log_marginal(x).sum()",
+     ["log-weights-tests", "elbo-estimate-tests", "log-prob-estimate-tests"],
+     "log_weights calling PPCA.exact_log_marginal, the reference of another exercise"),
+]
+
+
+@pytest.mark.parametrize("assignment,cell,old,new,passing,what", DOWNSTREAM, ids=[d[-1] for d in DOWNSTREAM])
+def test_dpm_core_for_what_is_not_the_exercise_is_accepted(assignment, cell, old, new, passing, what):
+    """Does a solution that uses dpm_core for what is not its exercise pass the checks and the
+    own-work checks of the exercises downstream?"""
+    if assignment == "dpm2_inference" and "dpm_core.conditionals" in new:
+        new = new.replace("assert", "import dpm_core.conditionals\n        assert", 1)
+    replace = (cell, old, new)
+    got = outcomes(assignment, replace, only=passing)
+    assert not {g: m for g, m in got.items() if m}, what
+    ns = reference_namespace(assignment, replace)
+    downstream = {c for a, c in EXERCISE_IDS if a == assignment
+                  and set(exercise_tests(a)[c]) & set(passing)}
+    failed = {c: m for c in downstream for m in [_own_work_failure(ns, assignment, c)] if m}
+    assert not failed, what
+
+
+# --- scan_solution --------------------------------------------------------------------------
+
+SCAN_CHEATS = [
+    ("vae_basics", "kl-solution", "from dpm_core.kl import KL"),
+    ("vae_basics", "kl-solution", "from dpm_core import KL"),
+    ("vae_basics", "kl-solution", "from dpm_core.kl import KL as mine"),
+    ("vae_basics", "kl-solution", "import dpm_core.kl as k\nKL = k.KL"),
+    ("vae_basics", "kl-solution", "import dpm_core.kl\ndef KL(mu, logvar):\n    return dpm_core.kl.KL(mu, logvar)"),
+    ("vae_basics", "kl-solution", "import dpm_core\nKL = dpm_core.KL"),
+    ("vae_basics", "kl-solution", "from dpm_core.kl import *"),
+    ("vae_basics", "kl-solution", "import importlib\nKL = importlib.import_module('dpm_core.kl').KL"),
+    ("vae_basics", "kl-solution", "import importlib\nm = importlib.import_module('dpm_core.kl')\nKL = m.KL"),
+    ("vae_basics", "kl-solution", "import importlib\nKL = getattr(importlib.import_module('dpm_core.kl'), 'KL')"),
+    ("vae_basics", "kl-solution", "KL = __import__('dpm_core').kl.KL"),
+    ("vae_basics", "kl-solution", "%time 1\n!ls\nfrom dpm_core import kl\nKL = kl.KL"),
+    ("dpm2_generative", "gaussian-prior-solution",
+     "import dpm_core\nclass GaussianPriorNet(dpm_core.GaussianPriorNet):\n    pass"),
+    ("dpm2_inference", "cv-critic-solution", "from dpm_core.variance import Baseline"),
+    ("importance_sampling", "ppca-solution",
+     "from dpm_core import PPCA\nppca_posterior = PPCA.exact_posterior"),
+    ("importance_sampling", "ppca-solution",
+     "def ppca_posterior(x, W, b, sigma):\n    return build(W, b, sigma).exact_posterior(x)"),
+    ("importance_sampling", "estimators-solution",
+     "def elbo_estimate(x, qz, joint, num_samples=1):\n    return make_nvil(joint, qz).elbo(x, num_samples)"),
+]
+SCAN_ALLOWED = [
+    ("vae_basics", "loss-solution", "from dpm_core.kl import KL\nimport dpm_core\nx = dpm_core.kl.KL"),
+    ("vae_basics", "kl-solution", "from dpm_core.vae import loss_func\nimport dpm_core.kl as k\nf = k.mc_kl"),
+    ("dpm2_inference", "nvil-solution", "from dpm_core import GaussianCPDNet, JointDistribution\n"
+     "class NVIL:\n    def elbo(self, x):\n        return self.DRL(x)"),
+    ("importance_sampling", "pca-solution", "from dpm_core.ppca import PPCA\nm = PPCA(2, 1).exact_posterior"),
+    ("dpm2_generative", "gaussian-prior-solution", "def broken(:\n    pass"),
+]
+
+
+@pytest.mark.parametrize("assignment,cell,source", SCAN_CHEATS, ids=[s[:40] for _, _, s in SCAN_CHEATS])
+def test_scan_finds_the_reference(assignment, cell, source):
+    """Does the scan of the solution cell's source find this way of reaching the reference?"""
+    found = scan_solution(assignment, cell, source)
+    assert found and all("dpm_core's reference of this exercise" in m for m in found), found
+
+
+@pytest.mark.parametrize("assignment,cell,source", SCAN_ALLOWED, ids=[s[:40] for _, _, s in SCAN_ALLOWED])
+def test_scan_allows_other_dpm_core_names(assignment, cell, source):
+    """Does the scan leave alone dpm_core names that are not this exercise's reference (and a
+    cell that does not parse)?"""
+    assert scan_solution(assignment, cell, source) == []
+
+
+@pytest.mark.parametrize("assignment,cell", sorted({(a, c) for a in EXERCISES for c in EXERCISES[a]}),
+                         ids=[c for c in sorted({c for a in EXERCISES for c in EXERCISES[a]})])
+def test_scan_passes_the_reference_solutions(assignment, cell):
+    """Does the scan find nothing in the notebooks' own solution cells?"""
+    assert scan_solution(assignment, cell, notebook_cells(assignment)[cell].source) == []
+
+
+def test_scan_finds_the_cheats_of_the_kernel_tests():
+    """Does the scan find every source-level cheat that the kernel-side tests use (all but the
+    verbatim copy, which only the kernel recognises)?"""
+    missed = []
+    for assignment, cell, name, path in REFERENCES:
+        for form, code in cheats(assignment, name, path, ()).items():
+            if form != "copy" and not scan_solution(assignment, cell, code):
+                missed.append(f"{name}:{form}")
+    assert not missed
