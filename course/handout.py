@@ -511,9 +511,9 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("out", type=Path, help="the folder to write (an older hand-out there is replaced)")
     parser.add_argument("--open", nargs="+", default=[], metavar="ASSIGNMENT",
                         help="the assignments handed out now (their references are withheld)")
-    parser.add_argument("--release", nargs="+", default=None, metavar="ASSIGNMENT",
+    parser.add_argument("--release", nargs="*", default=None, metavar="ASSIGNMENT",
                         help="the assignments whose solutions are released (default: every "
-                             "assignment before the first open one)")
+                             "assignment before the first open one; none when given empty)")
     parser.add_argument("--ship", nargs="+", default=[], metavar="REFERENCE",
                         help="ship these withheld references anyway (given code needs them)")
     args = parser.parse_args(argv)
