@@ -50,3 +50,5 @@ c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPre
 from course.grading_plugins import autograde_preprocessors  # noqa: E402
 
 c.Autograde.autograde_preprocessors = autograde_preprocessors()
+# a test cell that a student deleted, or whose metadata they stripped, comes back and runs
+c.OverwriteCells.add_missing_cells = True

@@ -4,20 +4,23 @@
 * :class:`WarningsAreNotFailures`: stderr text of correct code does not cost points;
 * :class:`BoundedExecute`: nbgrader's ``Execute`` with a time budget per notebook, a cap on
   the output kept per cell, and a kernel that dies (memory cap, crash, ``os._exit``) or
-  will not stop costing only the cells that did not run, with the reason written down.
+  will not stop costing only the cells that did not run, with the reason written down;
+  a test cell earns its points only with the grading guard's pass token (``course.guard``).
 """
 
 import json
 import re
 import time
+from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 from nbformat.v4 import new_output
 from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Integer, Unicode
+from traitlets import Bool, Integer, Unicode
 
+from course.guard import GUARD_NAME, GuardSession, scan_source
 from course.sandbox import MemoryCap, gib
 
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -71,7 +74,8 @@ class WarningsAreNotFailures(NbGraderPreprocessor):
 
 
 class BoundedExecute(Execute):
-    """nbgrader's ``Execute`` that always ends, keeps what passed, and says why it stopped.
+    """nbgrader's ``Execute`` that always ends, keeps what passed, says why it stopped, and
+    gives a test cell its points only for a pass token.
 
     * Each cell has ``timeout`` seconds, and the notebook ``notebook_timeout`` in all; a
       cell that runs over is interrupted (nbgrader's behaviour) and fails.
@@ -81,9 +85,15 @@ class BoundedExecute(Execute):
       before keep their outputs, so their points. nbgrader alone loses the notebook.
     * What one cell may print is capped at ``max_output_bytes`` as it arrives, so a
       50 MB print cannot make a 50 MB feedback page or fill the grader's memory.
+    * With ``guard`` (the default), the grading guard (``course.guard``) is installed in the
+      kernel before the first cell, and each graded test cell keeps its points only when the
+      guard signs a pass token for it; a cell without one gets an error output, and an
+      ``execute_result`` never counts as partial credit. When the guard reports a change to
+      the grading machinery, or the static scan finds code in a student's cell that reaches
+      into the kernel, every test cell of the notebook scores 0 and the reason is reported.
     * The reason, if any, is written as JSON to ``report_file``: ``stopped`` (why the
-      student's notebook stopped early) and ``grader_error`` (the kernel did not even start:
-      not the student's doing).
+      student's notebook stopped early), ``grader_error`` (the kernel or the guard did not
+      even start: not the student's doing) and ``tampered`` (what the guard or the scan found).
     """
 
     notebook_timeout = Integer(0, help="seconds for the whole notebook (0: no limit)").tag(config=True)
@@ -91,6 +101,7 @@ class BoundedExecute(Execute):
     memory_cgroup = Unicode("", help="the submission's memory cgroup, to tell an OOM kill").tag(config=True)
     memory_limit = Integer(0, help="the memory cap in bytes, for the messages").tag(config=True)
     report_file = Unicode("", help="where to write why execution stopped (JSON)").tag(config=True)
+    guard = Bool(True, help="score test cells by the grading guard's pass tokens").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         self._cell_timeout = self.timeout
@@ -98,21 +109,36 @@ class BoundedExecute(Execute):
         self._stopped = ""
         self._output_sizes = {}
         self._started = False
+        self._session = None
+        self._expressions = {}
+        self._last_reply = None
+        self._tampered = _scan_student_cells(nb) if self.guard else []
+        self._last_code = max((i for i, c in enumerate(nb.cells) if c.cell_type == "code"),
+                              default=-1)
         grader_error = ""
         try:
-            return super().preprocess(nb, resources, km)
+            nb, resources = super().preprocess(nb, resources, km)
+            if self._tampered:
+                _zero_test_cells(nb, "Tampered", "this notebook was not graded: "
+                                 + "; ".join(self._tampered))
+            return nb, resources
         except Exception as err:
             if not self._started:  # no student code has run: the grader's fault, not theirs
                 grader_error = f"the kernel did not start ({type(err).__name__}: {err})"
             raise
         finally:
             self.timeout = self._cell_timeout
+            if self._session:
+                self._session.remove_key_file()
             if self.report_file:
                 with open(self.report_file, "w") as f:
-                    json.dump({"stopped": self._stopped, "grader_error": grader_error}, f)
+                    json.dump({"stopped": self._stopped, "grader_error": grader_error,
+                               "tampered": self._tampered}, f)
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code" or not cell.source.strip():
+            if index == self._last_code:
+                self._final_check()
             return cell, resources
         if not self._stopped and self._deadline is not None:
             left = self._deadline - time.monotonic()
@@ -125,17 +151,86 @@ class BoundedExecute(Execute):
             cell.outputs = [self._error("NotRun", f"not run: {self._stopped}")] \
                 if utils.is_grade(cell) else []
             return cell, resources
+        if self.guard and self._session is None:
+            self._install_guard(resources)
         self._started = True
+        graded = self.guard and utils.is_grade(cell) and not utils.is_solution(cell)
+        self._expressions = {"token": self._session.expression(cell.metadata.nbgrader.grade_id)} \
+            if graded else {}
+        self._last_reply = None
         try:
-            return super().preprocess_cell(cell, resources, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             self._stopped = self._death_reason()
         except CellTimeoutError:
             self._stopped = (f"a cell ran longer than {self.timeout} s and did not stop when "
                              f"interrupted; the kernel was shut down")
             self._shut_down_kernel()
-        cell.outputs.append(self._error("KernelDied", self._stopped))
+        finally:
+            self._expressions = {}
+        if self._stopped:
+            cell.outputs.append(self._error("KernelDied", self._stopped))
+            return cell, resources
+        if graded:
+            self._score_by_token(cell)
+        if index == self._last_code:
+            self._final_check()
         return cell, resources
+
+    def on_cell_executed(self, **kwargs):
+        super().on_cell_executed(**kwargs)
+        self._last_reply = kwargs["execute_reply"]["content"]
+
+    # -- the guard --------------------------------------------------------------------------
+
+    def _install_guard(self, resources) -> None:
+        """Install the guard in the kernel, before any student code: a silent request that
+        leaves no history; the kernel reads and deletes the key file."""
+        workdir = Path(resources.get("metadata", {}).get("path") or ".")
+        self._session = GuardSession(workdir)
+        trusted = [c.source for c in self.nb.cells if c.cell_type == "code" and utils.is_locked(c)]
+        code = self._session.install_code(trusted)
+        execute = self.kc.execute
+        self.kc.execute = lambda source, **kw: execute(
+            source, **dict(kw, user_expressions=self._expressions))
+        msg_id = execute(code, silent=True, store_history=False,
+                         user_expressions={"ok": f"{GUARD_NAME} is not None"})
+        reply = run_sync(self.async_wait_for_reply)(msg_id)
+        content = (reply or {}).get("content", {})
+        if content.get("status") != "ok" or "ok" not in content.get("user_expressions", {}):
+            raise RuntimeError(f"the grading guard could not be installed: "
+                               f"{content.get('ename', '')} {content.get('evalue', '')}".strip())
+
+    def _score_by_token(self, cell) -> None:
+        grade_id = cell.metadata.nbgrader.grade_id
+        status, reasons = self._session.verdict(grade_id, self._last_reply)
+        if status == "tampered":
+            self._tampered += [r for r in reasons if r not in self._tampered]
+        for output in cell.outputs:  # nbgrader would read a number here as partial credit
+            if output.output_type == "execute_result":
+                output.output_type = "display_data"
+                output.pop("execution_count", None)
+        if status == "none" and not any(o.output_type == "error" for o in cell.outputs):
+            cell.outputs.append(self._error(
+                "NoPassToken", "the hidden tests of this cell did not confirm a pass"))
+
+    def _final_check(self) -> None:
+        """Ask the guard, after the last cell, whether anything changed at any time."""
+        if not self.guard or self._session is None or self._stopped:
+            return
+        self._expressions = {"token": self._session.expression("<final>")}
+        try:
+            msg_id = self.kc.execute("", silent=True, store_history=False)
+            reply = run_sync(self.async_wait_for_reply)(msg_id)
+        except Exception as err:  # noqa: BLE001 -- a kernel gone now cannot confirm anything
+            reply = {"content": {"status": "error", "ename": type(err).__name__}}
+        finally:
+            self._expressions = {}
+        status, reasons = self._session.verdict("<final>", (reply or {}).get("content"))
+        if status == "none":
+            reasons = ["the grading guard could not confirm the notebook after its last cell"]
+        if status != "pass":
+            self._tampered += [r for r in reasons if r not in self._tampered]
 
     def output(self, outs, msg, display_id, cell_index):
         """Keep at most ``max_output_bytes`` of one cell's output, cut at arrival."""
@@ -173,6 +268,24 @@ class BoundedExecute(Execute):
     @staticmethod
     def _error(ename: str, evalue: str):
         return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+def _scan_student_cells(nb) -> list[str]:
+    """What the static scan finds in the cells a student could edit (nbgrader restored the
+    others from the gradebook before this runs)."""
+    found = []
+    for number, cell in enumerate(nb.cells, 1):
+        if cell.cell_type == "code" and not utils.is_locked(cell):
+            name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {number}"
+            found += [f"{name}, {finding}" for finding in scan_source(cell.source)]
+    return found
+
+
+def _zero_test_cells(nb, ename: str, message: str) -> None:
+    """Give every autograded test cell of ``nb`` one error output with ``message``."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell):
+            cell.outputs = [BoundedExecute._error(ename, message)]
 
 
 def autograde_preprocessors() -> list:

@@ -93,7 +93,10 @@ class Result:
         reasons: why points were lost other than by failing tests, per notebook.
         status: "graded" (ran to the end), "stopped" (a limit or a crash ended a
             notebook early), "failed" (a notebook could not be graded at all; its cells
-            score 0) or "error" (the grader itself failed: not the student's fault).
+            score 0), "needs review" (the grading guard found the grading machinery tampered
+            with: every autograded cell scores 0 until a person looks) or "error" (the grader
+            itself failed: not the student's fault).
+        tampered: whether the grading guard or its scan found tampering (the reasons say what).
         seconds, peak_memory: the wall time and the peak memory (bytes, 0 if unknown).
     """
 
@@ -104,6 +107,7 @@ class Result:
     notebooks: dict = field(default_factory=dict)
     reasons: dict = field(default_factory=dict)
     status: str = "graded"
+    tampered: bool = False
     seconds: float = 0.0
     peak_memory: int = 0
     timestamp: Optional[str] = None
@@ -229,6 +233,8 @@ def _config(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap]) -> 
         "c.CourseDirectory.course_id = 'dpm-course'",
         f"c.CourseDirectory.db_url = {'sqlite:///' + str(course / 'gradebook.db')!r}",
         "c.Autograde.autograde_preprocessors = autograde_preprocessors()",
+        # a test cell the student deleted (or whose metadata they stripped) comes back and runs
+        "c.OverwriteCells.add_missing_cells = True",
         f"c.BoundedExecute.timeout = {int(limits.cell_timeout)}",
         f"c.BoundedExecute.notebook_timeout = {int(limits.notebook_timeout)}",
         f"c.BoundedExecute.max_output_bytes = {int(limits.output_bytes)}",
@@ -331,6 +337,10 @@ def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCa
                 result.status = "error"
                 result.reasons.setdefault(nb, f"grading failed, not the student's doing: "
                                               f"{report['grader_error']}")
+            elif report.get("tampered"):
+                result.tampered = True
+                result.reasons[nb] = ("needs review, 0 autograded points: the grading machinery "
+                                      "was tampered with (" + "; ".join(report["tampered"]) + ")")
             elif report.get("stopped"):
                 result.reasons.setdefault(nb, report["stopped"])
         if returncode not in (0, None) and nb not in result.reasons:
@@ -443,7 +453,9 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
             notebook.cells.insert(0, nbformat.v4.new_markdown_cell(
                 f"{GRADING_NOTE} {reason}. Cells that did not pass score 0."))
         result.notebooks[nb] = nbformat.writes(notebook).encode()
-    if result.status != "error" and result.reasons:
+    if result.status != "error" and result.tampered:
+        result.status = "needs review"
+    elif result.status != "error" and result.reasons:
         result.status = "failed" if ungraded else "stopped"
 
 

@@ -57,6 +57,9 @@ def expect_close(actual, expected, what: str, hint: str = "", rtol: float = 1e-4
                  atol: float = 1e-5) -> None:
     """Check values against a reference, naming the quantity and a likely mistake."""
     expect(torch.is_tensor(actual), f"{what} should be a torch.Tensor, got {type(actual).__name__}")
+    # a subclass could answer every comparison with True (__torch_function__)
+    expect(type(actual) in (torch.Tensor, torch.nn.Parameter),
+           f"{what} should be a plain torch.Tensor, got the subclass {type(actual).__name__}")
     expected = torch.as_tensor(expected, dtype=actual.dtype, device=actual.device)
     expect_shape(actual, expected.shape, what, hint)
     if not torch.allclose(actual, expected, rtol=rtol, atol=atol):

@@ -1,6 +1,6 @@
 """The class grader (course.grade) on a simulated class of honest and hostile students.
 
-One module-scoped course (``vae_basics`` only, the quickest notebook to grade) gets 17
+One module-scoped course (``vae_basics`` only, the quickest notebook to grade) gets 41
 students, graded in one run through a LocalCluster of 2 workers with the kernels in
 bubblewrap: the reference solution, the untouched release, a partial answer, and hostile
 submissions (file vandalism aimed at the gradebook, ``source/``, another student and the
@@ -8,8 +8,15 @@ installed package; signals to the grader; a network probe; a lingering backgroun
 process; a memory bomb; an infinite loop, and one that ignores interrupts; a 50 MB print;
 ``os._exit``; a ``dpm_core/`` package handed in next to the notebook; a notebook with a
 copy-pasted test cell; a truncated, an nbformat 3, a
-misnamed and a missing notebook). Honest students must get exactly what serial nbgrader
-gives them; each hostile one is contained and scored with its reason; the batch completes.
+misnamed and a missing notebook) and the in-kernel cheats of :func:`_cheats` (outputs forged
+in the JSON, test cells deleted, stripped or turned into markdown, wrong answers that pass the
+visible self-checks or return NumPy, NaN, inf, float64 or meta tensors, dpm_core's reference
+handed in, and every way of rewriting the grading machinery from inside the kernel: input
+and AST transformers, cell hooks, exception handlers, replaced helpers, torch functions and
+builtins, a torch function mode, a forged guard, a tensor subclass, a package put on
+sys.path, sys.modules, exec, frames and gc, most of them hidden from the static scan).
+Honest students must get exactly what serial nbgrader gives them; each hostile one is
+contained and scored with its reason, no cheat earns a point; the batch completes.
 
 The limits are small so that the run stays short: 1.5 GiB of memory, 20 s per cell.
 """
@@ -104,6 +111,153 @@ for _try in [
 """
 
 
+def _release_nb():
+    return nbformat.read(REPO / "release" / "vae_basics" / "vae_basics.ipynb", 4)
+
+
+def _with_solution(nb, grade_id: str, body: str):
+    """The notebook with the code of solution cell ``grade_id`` replaced by ``body``."""
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    cell.source = body
+    return nb
+
+
+def _test_cells(nb, prefix: str) -> list:
+    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id", "")
+            .startswith(prefix) and c.metadata.get("nbgrader", {}).get("grade")
+            and c.cell_type == "code"]
+
+
+#: a KL whose formula has the sign flipped: the KL exercise (3 points) fails, the rest passes
+_WRONG_KL = "def KL(mu, logvar):\n    return -0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)\n"
+#: how a cheat reaches IPython's shell without a name that the static scan looks for
+_SHELL = "_sh = torch.sys.modules['IPython'].get_ipython()\n"
+#: an input transformer that turns every later cell into `pass`, so that test cells "pass"
+_TO_PASS = "def _neuter(lines):\n    return ['pass\\n']\n"
+
+
+def _cheats() -> dict:
+    """{student: (files, expected autograded points, status, words of the reason)} of the
+    hostile class's in-kernel cheats: each gets 0 points it did not earn, and each trick that
+    reaches into the kernel is named in the reason (status "needs review")."""
+    def added(code, nb=None):
+        return {"vae_basics.ipynb": _insert_after(nb or _release_nb(), "setup", code)}
+
+    forged = _release_nb()
+    for cell in _test_cells(forged, ""):
+        cell.execution_count = 7
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="Tests passed.\n"),
+                        nbformat.v4.new_output("execute_result", data={"text/plain": "3"},
+                                               execution_count=7)]
+    deleted = _with_solution(_source_nb(), "kl-solution", _WRONG_KL)
+    for cell in _test_cells(deleted, "kl-"):
+        deleted.cells.remove(cell)
+    stripped = _with_solution(_source_nb(), "kl-solution", _WRONG_KL)
+    for cell in _test_cells(stripped, "kl-"):
+        del cell.metadata["nbgrader"]
+    retyped = _with_solution(_source_nb(), "kl-solution", _WRONG_KL)
+    for cell in _test_cells(retyped, "kl-"):
+        retyped.cells[retyped.cells.index(cell)] = nbformat.v4.new_markdown_cell(
+            cell.source, metadata=cell.metadata)
+    wrong_1 = _with_solution(_with_solution(_with_solution(
+        _source_nb(), "kl-solution",  # right on the two values the self-checks try, wrong elsewhere
+        "def KL(mu, logvar):\n    return 0.5 * mu.pow(2).sum(-1) * (logvar == 0).all()\n"),
+        "reparametrise-solution",
+        "import numpy as np\ndef reparametrise(mu, logvar):\n"
+        "    return np.asarray(mu.detach()) + np.random.randn(*mu.shape)\n"),
+        "loss-solution", "def loss_func(recon_x, x, mu, logvar):\n"
+                         "    return torch.tensor(float('nan'))\n")
+    wrong_2 = _with_solution(_with_solution(_with_solution(
+        _source_nb(), "kl-solution",
+        "def KL(mu, logvar):\n    return torch.full(mu.shape[:-1], float('inf'))\n"),
+        "reparametrise-solution",
+        "def reparametrise(mu, logvar):\n    return (mu + torch.randn(mu.shape, "
+        "dtype=torch.float64) * torch.exp(0.5 * logvar)).to('meta')\n"),
+        "loss-solution", "def loss_func(recon_x, x, mu, logvar):\n"
+                         "    return torch.zeros((), dtype=torch.float64)\n")
+    reference = _with_solution(_with_solution(_with_solution(
+        _release_nb(), "kl-solution", "from dpm_core.kl import KL\n"),
+        "reparametrise-solution", "import dpm_core\ndef reparametrise(mu, logvar):\n"
+                                  "    return dpm_core.reparametrise(mu, logvar)\n"),
+        "loss-solution", "from dpm_core import vae as _v\nloss_func = _v.loss_func\n")
+    review = "needs review"
+    return {
+        "forged-outputs": ({"vae_basics.ipynb": forged}, 0, "graded", ()),
+        "deleted-test-cells": ({"vae_basics.ipynb": deleted}, 7, "graded", ()),
+        "stripped-test-metadata": ({"vae_basics.ipynb": stripped}, 7, "graded", ()),
+        "test-cells-as-markdown": ({"vae_basics.ipynb": retyped}, 7, "graded", ()),
+        "wrong-answers-self-checks-numpy-nan": ({"vae_basics.ipynb": wrong_1}, 0, "graded", ()),
+        "wrong-answers-inf-meta-float64": ({"vae_basics.ipynb": wrong_2}, 0, "graded", ()),
+        "reference-imported": ({"vae_basics.ipynb": reference}, 0, "graded", ()),
+        "input-transformer": (added(
+            _TO_PASS + "get_ipython().input_transformers_cleanup.append(_neuter)\n"),
+            0, review, ("input_transformers_cleanup",)),
+        "input-transformer-hidden": (added(
+            _SHELL + _TO_PASS + "getattr(_sh, 'input_transformers_' + 'cleanup').append(_neuter)\n"),
+            0, review, ("input transformers were changed",)),
+        "ast-transformer-hidden": (added(_SHELL + """import ast
+class _Neuter(ast.NodeTransformer):
+    def visit_Module(self, node):
+        node.body = [ast.Pass()]
+        return node
+getattr(_sh, 'ast_' + 'transformers').append(_Neuter())
+"""), 0, review, ("AST transformers were changed",)),
+        "pre-run-hook-hidden": (added(_SHELL + """def _hook(info):
+    _g = torch.sys.modules['dpm_core.grading']
+    _g.expect = _g.expect_close = _g.expect_shape = lambda *a, **k: None
+_sh.events.register('pre_run_cell', _hook)
+"""), 0, review, ("pre_run_cell callbacks were changed",)),
+        "custom-exception-handler-hidden": (added(
+            _SHELL + "getattr(_sh, 'set_custom_' + 'exc')((Exception,), lambda *a, **k: None)\n"),
+            0, review, ("IPython's exceptions were replaced",)),
+        "grading-helpers-replaced-hidden": (added(
+            "_g = torch.sys.modules['dpm_core.grading']\n"
+            "_g.expect = _g.expect_close = _g.expect_shape = lambda *a, **k: None\n"),
+            0, review, ("expect was replaced",)),
+        "allclose-replaced-hidden": (added(
+            "_t = torch\n_t.allclose = lambda *a, **k: True\n"), 0, review,
+            ("allclose was replaced",)),
+        "builtins-replaced-hidden": (added(
+            "_b = torch.sys.modules['builtins']\n_b.isinstance = lambda *a: True\n"), 0, review,
+            ("isinstance was replaced",)),
+        "torch-function-mode-hidden": (added("""_o = getattr(torch, 'overr' + 'ides')
+_M = type('_M', (_o.TorchFunctionMode,), {'__torch_' + 'function__':
+          lambda self, f, types, args=(), kwargs=None: f(*args, **(kwargs or {}))})
+_M().__enter__()
+"""), 0, review, ("function or dispatch mode",)),
+        "forged-guard-hidden": (added("""class _Fake:
+    def token(self, *args):
+        return '{"status": "pass", "reasons": [], "mac": "' + '0' * 64 + '"}'
+    final = token
+torch.sys.modules['__main__'].__setattr__('__dp' + 'm_grading_guard__', _Fake())
+"""), 0, review, ("forged",)),
+        "tensor-subclass": (added("""class _Liar(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return True
+"""), 0, review, ("defines __torch_function__",)),
+        "package-on-sys-path": ({**added(
+            "import sys\nsys.path.insert(0, '.')\n"
+            "for _k in [k for k in sys.modules if k.startswith('dpm_core')]:\n"
+            "    del sys.modules[_k]\n"),
+            "dpm_core/__init__.py": b"", "dpm_core/grading.py":
+            b"def expect(*a, **k):\n    pass\nexpect_close = expect_shape = expect\n"},
+            0, review, ("sys.path", "import sys")),
+        "sys-modules-hidden": (added(
+            "_sm = torch.sys.modules\n_sm['dpm_core.grading'] = _sm['math']\n"), 0, review,
+            ("sys.modules['dpm_core.grading'] was replaced",)),
+        "exec-hidden": (added(
+            "getattr(torch.sys.modules['builtins'], 'ex' + 'ec')('_x = 1')\n"), 0, review,
+            ("exec from the student's code",)),
+        "frame-walk-hidden": (added(
+            "_frame = getattr(torch.sys, '_get' + 'frame')(0)\n"), 0, review,
+            ("sys._getframe from the student's code",)),
+        "gc-walk-hidden": (added(
+            "_objects = getattr(torch.sys.modules['gc'], 'get_' + 'objects')()\n"), 0, review,
+            ("gc.get_objects from the student's code",)),
+    }
+
+
 def _submissions(root: Path, port: int) -> dict:
     """{student: {file name: bytes or notebook}} of the simulated class."""
     mistake = json.loads((REPO / "tests" / "course_mistakes" / "vae_basics.json").read_text())
@@ -164,6 +318,7 @@ while True:
         "fake-package": {"vae_basics.ipynb": _source_nb(),
                          "dpm_core/__init__.py": b"raise ImportError('the fake dpm_core was imported')\n"},
         "no-notebook": {"README.txt": b"I forgot to attach it."},
+        **{student: files for student, (files, *_) in _cheats().items()},
     }
 
 
@@ -220,7 +375,7 @@ def test_every_student_is_graded_and_recorded(graded_class):
     """Does the batch complete, with every student in the gradebook and no code cell left
     "needs autograding" (a score of None)?"""
     results = graded_class["results"]
-    assert len(results) == 17
+    assert len(results) == 17 + len(_cheats())
     for student in results:
         grades = _gradebook_scores(graded_class["root"], student)
         assert grades and all(score is not None for score, _ in grades.values()), (student, grades)
@@ -257,8 +412,9 @@ def test_the_vandal_changes_nothing_outside_its_scratch_folder(graded_class):
     assert _tree_digest(root / "course" / "submitted" / "reference-solution") == before["reference"]
     assert _tree_digest(REPO / "dpm_core") == before["package"]
     assert not (root / "course" / "vandal-was-here").exists()
-    grades = _gradebook_scores(root, "file-vandal")
-    assert all(score == best for score, best in grades.values()), grades
+    result = graded_class["results"]["file-vandal"]  # signals need `signal`: the scan says so
+    assert result.status == "needs review" and "import signal" in result.reason_text()
+    assert scores(result)[0] == 0
 
 
 @needs_sandbox
@@ -277,7 +433,7 @@ def test_the_network_probe_reaches_nothing(graded_class):
     result = graded_class["results"]["network-probe"]
     notebook = nbformat.reads(result.notebooks["vae_basics"].decode(), 4)
     assert "no network" in json.dumps([c.get("outputs", []) for c in notebook.cells])
-    assert scores(result)[0] == scores(result)[1]
+    assert result.status == "needs review" and "import socket" in result.reason_text()
 
 
 @needs_sandbox
@@ -286,7 +442,7 @@ def test_no_background_process_outlives_its_kernel(graded_class):
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert MARKER not in ps
     result = graded_class["results"]["lingering-process"]
-    assert scores(result)[0] == scores(result)[1]
+    assert result.status == "needs review" and "import subprocess" in result.reason_text()
 
 
 @needs_sandbox
@@ -407,6 +563,35 @@ def test_a_copy_pasted_test_cell_does_not_stop_the_batch(graded_class):
     result = graded_class["results"]["duplicated-cell"]
     assert result.status == "graded", result.reason_text()
     assert scores(result)[0] == scores(result)[1] > 0
+
+
+@needs_sandbox
+@pytest.mark.parametrize("student", list(_cheats()))
+def test_no_cheat_earns_an_undeserved_point(graded_class, student):
+    """Does each in-kernel cheat get exactly the points of the work really done (0 for the
+    release-based ones; the untouched exercises for the reference-based ones), and is every
+    trick that reaches into the kernel named in the reason, with the status "needs review",
+    in the summary and at the top of the autograded notebook?"""
+    _, points, status, words = _cheats()[student]
+    result = graded_class["results"][student]
+    assert scores(result)[0] == points, (result.reason_text(), _gradebook_scores(
+        graded_class["root"], student))
+    assert result.status == status, result.reason_text()
+    for word in words:
+        assert word in result.reason_text(), result.reason_text()
+    if status == "needs review":
+        first = nbformat.reads(result.notebooks["vae_basics"].decode(), 4).cells[0]
+        assert first.source.startswith(GRADING_NOTE) and "tampered" in first.source
+        assert all(score == 0 for score, _ in _gradebook_scores(graded_class["root"],
+                                                                student).values())
+
+
+@needs_sandbox
+def test_the_summary_lists_the_submissions_to_review(graded_class):
+    """Does the grade summary end with the submissions that need a person's review?"""
+    summary = format_summary(list(graded_class["results"].values()), [ASSIGNMENT])
+    review = [s for s, (_, _, status, _) in _cheats().items() if status == "needs review"]
+    assert "NEED REVIEW" in summary and all(s in summary for s in review)
 
 
 def test_read_submission_skips_links_and_oversized_files(tmp_path):
