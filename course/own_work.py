@@ -126,8 +126,16 @@ def scan_solution(assignment: str, cell_id: str, source: str) -> list[str]:
         return []
     refs = {id(obj): (path, obj) for path in paths for obj in [resolve(path)]}
 
+    by_name = {(obj.__module__, obj.__qualname__): path for path, obj in refs.values()}
+
     def ref_of(obj):
-        return refs.get(id(obj), (None,))[0]
+        if id(obj) in refs:
+            return refs[id(obj)][0]
+        try:  # the same object of a reloaded module
+            return by_name.get((obj.__module__, obj.__qualname__)) \
+                if isinstance(obj, (type, types.FunctionType)) else None
+        except Exception:  # noqa: BLE001
+            return None
 
     messages = []
 

@@ -201,6 +201,9 @@ def _ow_found(obj, ref, home: str, seen: dict):
     """
     if _ow_is(obj, ref):
         return "it is the reference"
+    if isinstance(ref, type) and isinstance(obj, types.FunctionType) and obj.__module__ == ref.__module__ \
+            and obj.__qualname__.startswith(ref.__qualname__ + "."):
+        return f"it takes {obj.__qualname__}"  # a method borrowed from the reference class
     if id(obj) in seen:
         return None
     seen[id(obj)] = obj  # kept alive, so that its id is not reused
