@@ -190,7 +190,7 @@ MISTAKES = [
     # dpm2_generative: the mixture prior
     _gen("mog-prior-solution", _MIXING,
          "mixing = td.Categorical(probs=self.logits.expand(batch_shape + (self.num_components,)))",
-         "mog-prior-shapes-tests", "Categorical"),
+         "mog-prior-values-tests", "Categorical"),
     _gen("mog-prior-solution", "            len(self.outcome_shape))\n        mixing",
          "            1)\n        mixing", "mog-prior-shapes-tests", "td.Independent"),
     _gen("mog-prior-solution", _MIXING,

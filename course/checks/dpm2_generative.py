@@ -1,8 +1,8 @@
 """Hidden tests of dpm2_generative: priors, observation models and the joint distribution.
 
 One check per graded test cell. The joint's checks build it from the student's
-JointDistribution with the notebook's TinyImageModel and reference priors where the
-prior is not what they grade.
+JointDistribution with their own copy of the notebook's TinyImageModel (_TinyImageModel)
+and reference priors where the prior is not what they grade.
 """
 
 import math
@@ -14,13 +14,61 @@ import torch.nn.functional as F
 from torch import nn
 
 from course.checks._common import expect_batch_and_event
-from dpm_core import CategoricalPriorNet, build_ffnn_decoder
+from dpm_core import CategoricalPriorNet, CPDNet, build_ffnn_decoder
 from dpm_core.grading import devices, expect, expect_close, expect_shape
 
 __all__ = ["CHECKS", "check_gaussian_prior", "check_gaussian_prior_buffers",
            "check_mog_prior_shapes", "check_mog_prior_parameters", "check_mog_prior_values",
            "check_binarized_image_model", "check_continuous_image_model", "check_joint_log_prob",
            "check_joint_log_marginal", "check_joint_posterior", "check_joint_naive_bound"]
+
+
+class _TinyImageModel(CPDNet):
+    """p(x|z) for tiny binary images whose logits are linear in the code (a copy of the
+    notebook's TinyImageModel, cell tiny-model, so that the checks do not use what the
+    student's kernel could have redefined).
+
+    batch_shape: the batch shape of z; event_shape: image_shape.
+    """
+
+    def __init__(self, latent_size, image_shape=(1, 2, 2), gain=2.0):
+        super().__init__(image_shape)
+        self.linear = nn.Linear(latent_size, math.prod(self.outcome_shape))
+        with torch.no_grad():
+            self.linear.weight.normal_(0.0, gain)
+            self.linear.bias.normal_(0.0, gain)
+
+    def forward(self, z):
+        logits = self.linear(z)
+        pixels = td.Bernoulli(logits=logits.reshape(logits.shape[:-1] + self.outcome_shape))
+        return td.Independent(pixels, reinterpreted_batch_ndims=len(self.outcome_shape))
+
+
+def _enumerate_support(p):
+    """The notebook's enumerate_support: [N] + batch_shape + [N] one-hot codes of a prior."""
+    return p.enumerate_support()
+
+
+def _mog_shapes_right(net, batch_shape, event) -> bool:
+    """Whether the mixture prior builds a distribution with batch_shape ``batch_shape`` and
+    event_shape ``event``, with its mixing logits set to 1 / C (valid whether forward reads them
+    as logits or as probabilities) and restored afterwards. The shapes are graded by
+    mog-prior-shapes-tests; the other checks of the prior leave out what they cannot build."""
+    logits = getattr(net, "logits", None)
+    saved = logits.detach().clone() if torch.is_tensor(logits) else None
+    try:
+        with torch.no_grad():
+            if saved is not None:
+                logits.fill_(1.0 / logits.shape[-1])
+            d = net(batch_shape)
+            return (isinstance(d, td.Distribution) and tuple(d.batch_shape) == tuple(batch_shape)
+                    and tuple(d.event_shape) == tuple(event))
+    except Exception:  # noqa: BLE001 -- the shapes cell reports what forward raised
+        return False
+    finally:
+        if saved is not None:
+            with torch.no_grad():
+                logits.copy_(saved)
 
 
 def check_gaussian_prior(ns: dict) -> None:
@@ -95,6 +143,11 @@ def check_mog_prior_shapes(ns: dict) -> None:
         for outcome_shape in (3, (2, 3)):
             event = (outcome_shape,) if isinstance(outcome_shape, int) else outcome_shape
             net = MoGPriorNet(outcome_shape, num_components=4).to(dev)
+            if torch.is_tensor(getattr(net, "logits", None)):
+                # valid read as logits or as probabilities: how the mixing weights are read is
+                # graded by mog-prior-values-tests
+                with torch.no_grad():
+                    net.logits.fill_(0.25)
             for batch_shape in ((), (4,), (3, 5)):
                 what = f"MoGPriorNet({outcome_shape!r}, 4)({batch_shape!r}) on {dev}"
                 try:
@@ -154,16 +207,27 @@ def check_mog_prior_parameters(ns: dict) -> None:
                    "in __init__.")
             expect(net.scales.requires_grad,
                    "prior.scales does not require gradients: compute it from an nn.Parameter.")
-            # gradients reach the logits, the locations and the scale parameter
+            # gradients reach the logits, the locations and the scale parameter (mixing weights
+            # that are valid read as logits or as probabilities; a forward that cannot build
+            # the prior is graded by mog-prior-shapes-tests)
             with torch.no_grad():
                 for p in others:
                     p.fill_(0.5)
                 net.locs.normal_()
-                net.logits.normal_()
-            net.zero_grad()
+            if not _mog_shapes_right(net, (6,), event):
+                continue
             z = torch.randn((6,) + event, device=dev)
+            with torch.no_grad():
+                net.logits.copy_(torch.tensor([1.0] * 25 + [3.0] * 25, device=dev) / 100)
+                lp_a = net((6,)).log_prob(z)
+                net.logits.copy_(torch.tensor([3.0] * 25 + [1.0] * 25, device=dev) / 100)
+                lp_b = net((6,)).log_prob(z)
+            # a log_prob that ignores the logits is graded by mog-prior-values-tests
+            uses_logits = not torch.allclose(lp_a, lp_b)
+            net.zero_grad()
             net((6,)).log_prob(z).sum().backward()
-            for name, p in (("logits", net.logits), ("locs", net.locs)):
+            used = (("logits", net.logits),) if uses_logits else ()
+            for name, p in used + (("locs", net.locs),):
                 expect(p.grad is not None and p.grad.abs().sum().item() > 0,
                        f"No gradient reaches prior.{name} through log_prob: use the parameter "
                        f"itself in forward (expand it; do not copy its values into a new tensor).")
@@ -182,6 +246,8 @@ def check_mog_prior_values(ns: dict) -> None:
     for dev in devices():
         for outcome_shape, event in ((3, (3,)), ((2, 3), (2, 3))):
             net = MoGPriorNet(outcome_shape, num_components=4, lbound=-2.0, rbound=2.0).to(dev)
+            if not all(_mog_shapes_right(net, b, event) for b in ((), (4,), (3, 5))):
+                continue  # wrong shapes cost the points of mog-prior-shapes-tests, not these again
             others = [p for p in net.parameters() if p is not net.logits and p is not net.locs]
             with torch.no_grad():
                 net.logits.copy_(torch.randn(4, device=dev) * 2)
@@ -198,8 +264,15 @@ def check_mog_prior_values(ns: dict) -> None:
                 comp = td.Normal(locs, scales).log_prob(zc)  # batch + [C] + event
                 comp = comp.reshape(comp.shape[: comp.dim() - len(event)] + (-1,)).sum(-1)
                 ref = torch.logsumexp(log_w + comp, dim=-1)  # batch
-                with torch.no_grad():
-                    lp = net(batch_shape).log_prob(z)
+                try:
+                    with torch.no_grad():
+                        lp = net(batch_shape).log_prob(z)
+                except ValueError as e:
+                    raise AssertionError(
+                        f"{what} raised ValueError for mixing logits with negative entries: the "
+                        f"logits are any real numbers, not probabilities; pass "
+                        f"td.Categorical(logits=self.logits...) to the mixture (torch said: "
+                        f"{str(e).splitlines()[0][:100]})") from None
                 expect_shape(lp, batch_shape, what)
                 uniform = torch.logsumexp(comp, -1) - math.log(4)
                 if torch.allclose(lp, uniform, atol=1e-4) and not torch.allclose(uniform, ref, atol=1e-4):
@@ -299,12 +372,11 @@ def check_joint_log_prob(ns: dict) -> None:
     Grades the cell joint-log-prob-tests.
     """
     JointDistribution = ns["JointDistribution"]
-    TinyImageModel = ns["TinyImageModel"]
     import dpm_core as ref
     torch.manual_seed(0)
     for dev in devices():
         for prior_net in (ref.GaussianPriorNet(2), ref.MoGPriorNet(2, 3, lbound=-1.0, rbound=1.0)):
-            obs = TinyImageModel(2, image_shape=(1, 3, 2))
+            obs = _TinyImageModel(2, image_shape=(1, 3, 2))
             joint = JointDistribution(prior_net, obs).to(dev)
             for batch_shape in ((), (4,), (3, 5)):
                 what = f"log_prob(z, x) with a {type(prior_net).__name__}, batch shape {batch_shape}, on {dev}"
@@ -330,15 +402,13 @@ def check_joint_log_marginal(ns: dict) -> None:
     Grades the cell joint-log-marginal-tests.
     """
     JointDistribution = ns["JointDistribution"]
-    TinyImageModel = ns["TinyImageModel"]
-    enumerate_support = ns["enumerate_support"]
     torch.manual_seed(1)
     N = 4
     for dev in devices():
         prior_net = CategoricalPriorNet(N)
         with torch.no_grad():
             prior_net.logits.copy_(torch.randn(N))  # a non-uniform prior
-        obs = TinyImageModel(N, image_shape=(1, 3, 2))
+        obs = _TinyImageModel(N, image_shape=(1, 3, 2))
         joint = JointDistribution(prior_net, obs).to(dev)
         for batch_shape in ((), (4,), (3, 5)):
             what = f"log_marginal(x) for batch shape {batch_shape} on {dev}"
@@ -353,7 +423,7 @@ def check_joint_log_marginal(ns: dict) -> None:
             log_joint = log_prior + log_lik  # [N] + batch_shape
             expected = torch.logsumexp(log_joint, 0)
             with torch.no_grad():
-                got = joint.log_marginal(x, enumerate_support)
+                got = joint.log_marginal(x, _enumerate_support)
             expect_shape(got, batch_shape, what,
                          "Reduce over the support dimension N (dim 0), not over the batch.")
             if torch.allclose(got, log_joint.mean(0), atol=1e-4):
@@ -370,7 +440,7 @@ def check_joint_log_marginal(ns: dict) -> None:
         # the order in which enumerate_fn lists the codes does not matter
         x = torch.bernoulli(torch.full((4, 1, 3, 2), 0.5, device=dev))
         with torch.no_grad():
-            a = joint.log_marginal(x, enumerate_support)
+            a = joint.log_marginal(x, _enumerate_support)
             b = joint.log_marginal(x, lambda p: p.enumerate_support().flip(0))
         expect_close(b, a, "log_marginal with the codes listed in reverse order", atol=1e-4)
 
@@ -381,8 +451,6 @@ def check_joint_posterior(ns: dict) -> None:
     Grades the cell joint-posterior-tests.
     """
     JointDistribution = ns["JointDistribution"]
-    TinyImageModel = ns["TinyImageModel"]
-    enumerate_support = ns["enumerate_support"]
     torch.manual_seed(2)
     N = 4
     hint = ("The log joint has shape [N] + batch_shape; the Categorical normalises over its last "
@@ -392,7 +460,7 @@ def check_joint_posterior(ns: dict) -> None:
         prior_net = CategoricalPriorNet(N)
         with torch.no_grad():
             prior_net.logits.copy_(torch.randn(N))
-        obs = TinyImageModel(N, image_shape=(1, 3, 2))
+        obs = _TinyImageModel(N, image_shape=(1, 3, 2))
         joint = JointDistribution(prior_net, obs).to(dev)
         for batch_shape in ((), (4,), (3, 5)):
             what = f"posterior(x) for batch shape {batch_shape} on {dev}"
@@ -403,7 +471,7 @@ def check_joint_posterior(ns: dict) -> None:
                 terms.append(prior_net(batch_shape).log_prob(code) + obs(code).log_prob(x))
             expected = torch.softmax(torch.stack(terms, dim=-1), dim=-1)  # batch_shape + [N]
             with torch.no_grad():
-                got = joint.posterior(x, enumerate_support)
+                got = joint.posterior(x, _enumerate_support)
             expect(isinstance(got, td.Categorical),
                    f"{what} should be a td.Categorical, got {type(got).__name__}.")
             expect(tuple(got.batch_shape) == batch_shape and got.probs.shape[-1] == N,
@@ -428,7 +496,6 @@ def check_joint_naive_bound(ns: dict) -> None:
     Grades the cell joint-naive-bound-tests.
     """
     JointDistribution = ns["JointDistribution"]
-    TinyImageModel = ns["TinyImageModel"]
     import dpm_core as ref
     N, S = 4, 1000
     for dev in devices():
@@ -436,10 +503,10 @@ def check_joint_naive_bound(ns: dict) -> None:
         prior_net = CategoricalPriorNet(N)
         with torch.no_grad():
             prior_net.logits.copy_(torch.randn(N))
-        obs = TinyImageModel(N, image_shape=(1, 3, 2))
+        obs = _TinyImageModel(N, image_shape=(1, 3, 2))
         joint = JointDistribution(prior_net, obs).to(dev)
         # shapes, with a Gaussian and a categorical prior
-        gauss = JointDistribution(ref.GaussianPriorNet(2), TinyImageModel(2, image_shape=(1, 3, 2))).to(dev)
+        gauss = JointDistribution(ref.GaussianPriorNet(2), _TinyImageModel(2, image_shape=(1, 3, 2))).to(dev)
         for model in (joint, gauss):
             for batch_shape in ((), (4,), (3, 5)):
                 x = torch.bernoulli(torch.full(batch_shape + (1, 3, 2), 0.5, device=dev))
