@@ -286,7 +286,7 @@ MISTAKES = [
          "D = log_px_z.mean(0)\n        kl = closed_form_kl(qz, pz)\n", "nvil-drl-tests", "D"),
     # dpm2_inference: NVIL.forward
     _inf("nvil-solution", "z = qz.rsample((S,)) if pathwise else qz.sample((S,))", "z = qz.sample((S,))",
-         "nvil-forward-tests", "rsample"),
+         "nvil-pathwise-tests", "rsample"),
     _inf("nvil-solution", "surrogate = -D - rate_weight * R", "surrogate = -D - R",
          "nvil-forward-tests", "rate_weight"),
     _inf("nvil-solution", '"ELBO": (-D - R).mean().item()', '"ELBO": surrogate.mean().item()',
