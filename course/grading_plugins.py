@@ -113,6 +113,8 @@ class BoundedExecute(Execute):
         self._expressions = {}
         self._last_reply = None
         self._tampered = _scan_student_cells(nb) if self.guard else []
+        assignment = (resources or {}).get("nbgrader", {}).get("assignment", "")
+        self._own_work = _scan_own_work(nb, assignment) if self.guard else {}
         self._last_code = max((i for i, c in enumerate(nb.cells) if c.cell_type == "code"),
                               default=-1)
         grader_error = ""
@@ -173,6 +175,9 @@ class BoundedExecute(Execute):
             return cell, resources
         if graded:
             self._score_by_token(cell)
+            if cell.metadata.nbgrader.grade_id in self._own_work:
+                cell.outputs.append(self._error("OwnWork",
+                                                self._own_work[cell.metadata.nbgrader.grade_id]))
         if index == self._last_code:
             self._final_check()
         return cell, resources
@@ -278,6 +283,25 @@ def _scan_student_cells(nb) -> list[str]:
         if cell.cell_type == "code" and not utils.is_locked(cell):
             name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {number}"
             found += [f"{name}, {finding}" for finding in scan_source(cell.source)]
+    return found
+
+
+def _scan_own_work(nb, assignment: str) -> dict:
+    """``{test cell id: message}`` for the exercises whose solution cell reaches dpm_core's
+    reference of that exercise (``course.own_work.scan_solution``): the in-kernel check of
+    the hidden tests says the same, this reads the source the student handed in."""
+    from course.own_work import scan_solution
+
+    found, current = {}, []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type != "code" or not meta:
+            continue
+        if meta.get("solution"):
+            current = scan_solution(assignment, meta.get("grade_id", ""), cell.source)
+        elif meta.get("grade") and current:
+            found[meta["grade_id"]] = ("this exercise is answered with dpm_core's reference, "
+                                       "which earns no points: " + "; ".join(current))
     return found
 
 

@@ -122,13 +122,27 @@ def _with_solution(nb, grade_id: str, body: str):
     return nb
 
 
+def _answered_release(kl: str):
+    """The release with the reference's answers typed in, and ``kl`` as the KL cell: what a
+    student hands in (no hidden tests in it)."""
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in _source_nb().cells
+               if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code"}
+    nb = _release_nb()
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answers and cell.cell_type == "code":
+            cell.source = kl if grade_id == "kl-solution" else answers[grade_id]
+    return nb
+
+
 def _test_cells(nb, prefix: str) -> list:
     return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id", "")
             .startswith(prefix) and c.metadata.get("nbgrader", {}).get("grade")
             and c.cell_type == "code"]
 
 
-#: a KL whose formula has the sign flipped: the KL exercise (3 points) fails, the rest passes
+#: a KL whose formula has the sign flipped: its formula cell (2 points) fails, its reduction
+#: cell (1 point: the sum of its own per-coordinate values) and the rest pass
 _WRONG_KL = "def KL(mu, logvar):\n    return -0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)\n"
 #: how a cheat reaches IPython's shell without a name that the static scan looks for
 _SHELL = "_sh = torch.sys.modules['IPython'].get_ipython()\n"
@@ -149,18 +163,18 @@ def _cheats() -> dict:
         cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="Tests passed.\n"),
                         nbformat.v4.new_output("execute_result", data={"text/plain": "3"},
                                                execution_count=7)]
-    deleted = _with_solution(_source_nb(), "kl-solution", _WRONG_KL)
+    deleted = _answered_release(_WRONG_KL)
     for cell in _test_cells(deleted, "kl-"):
         deleted.cells.remove(cell)
-    stripped = _with_solution(_source_nb(), "kl-solution", _WRONG_KL)
+    stripped = _answered_release(_WRONG_KL)
     for cell in _test_cells(stripped, "kl-"):
         del cell.metadata["nbgrader"]
-    retyped = _with_solution(_source_nb(), "kl-solution", _WRONG_KL)
+    retyped = _answered_release(_WRONG_KL)
     for cell in _test_cells(retyped, "kl-"):
         retyped.cells[retyped.cells.index(cell)] = nbformat.v4.new_markdown_cell(
             cell.source, metadata=cell.metadata)
     wrong_1 = _with_solution(_with_solution(_with_solution(
-        _source_nb(), "kl-solution",  # right on the two values the self-checks try, wrong elsewhere
+        _answered_release(""), "kl-solution",  # right on the two values the self-checks try, wrong elsewhere
         "def KL(mu, logvar):\n    return 0.5 * mu.pow(2).sum(-1) * (logvar == 0).all()\n"),
         "reparametrise-solution",
         "import numpy as np\ndef reparametrise(mu, logvar):\n"
@@ -168,7 +182,7 @@ def _cheats() -> dict:
         "loss-solution", "def loss_func(recon_x, x, mu, logvar):\n"
                          "    return torch.tensor(float('nan'))\n")
     wrong_2 = _with_solution(_with_solution(_with_solution(
-        _source_nb(), "kl-solution",
+        _answered_release(""), "kl-solution",
         "def KL(mu, logvar):\n    return torch.full(mu.shape[:-1], float('inf'))\n"),
         "reparametrise-solution",
         "def reparametrise(mu, logvar):\n    return (mu + torch.randn(mu.shape, "
@@ -183,9 +197,9 @@ def _cheats() -> dict:
     review = "needs review"
     return {
         "forged-outputs": ({"vae_basics.ipynb": forged}, 0, "graded", ()),
-        "deleted-test-cells": ({"vae_basics.ipynb": deleted}, 7, "graded", ()),
-        "stripped-test-metadata": ({"vae_basics.ipynb": stripped}, 7, "graded", ()),
-        "test-cells-as-markdown": ({"vae_basics.ipynb": retyped}, 7, "graded", ()),
+        "deleted-test-cells": ({"vae_basics.ipynb": deleted}, 8, "graded", ()),
+        "stripped-test-metadata": ({"vae_basics.ipynb": stripped}, 8, "graded", ()),
+        "test-cells-as-markdown": ({"vae_basics.ipynb": retyped}, 8, "graded", ()),
         "wrong-answers-self-checks-numpy-nan": ({"vae_basics.ipynb": wrong_1}, 0, "graded", ()),
         "wrong-answers-inf-meta-float64": ({"vae_basics.ipynb": wrong_2}, 0, "graded", ()),
         "reference-imported": ({"vae_basics.ipynb": reference}, 0, "graded", ()),
@@ -218,8 +232,8 @@ _sh.events.register('pre_run_cell', _hook)
             "_t = torch\n_t.allclose = lambda *a, **k: True\n"), 0, review,
             ("allclose was replaced",)),
         "builtins-replaced-hidden": (added(
-            "_b = torch.sys.modules['builtins']\n_b.isinstance = lambda *a: True\n"), 0, review,
-            ("isinstance was replaced",)),
+            "_b = torch.sys.modules['builtins']\n_b.round = lambda *a, **k: 0\n"), 0, review,
+            ("builtins.round was replaced",)),
         "torch-function-mode-hidden": (added("""_o = getattr(torch, 'overr' + 'ides')
 _M = type('_M', (_o.TorchFunctionMode,), {'__torch_' + 'function__':
           lambda self, f, types, args=(), kwargs=None: f(*args, **(kwargs or {}))})

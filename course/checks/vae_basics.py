@@ -145,8 +145,12 @@ def check_kl_reduction(ns: dict) -> None:
                     why = "sum over the last dimension only"
                 raise AssertionError(f"KL of inputs of shape {list(shape)} has shape "
                                      f"{list(got.shape)}, expected {batch}: {why}")
+            expect(bool(torch.isfinite(got).all()),
+                   f"KL of finite inputs of shape {list(shape)} returned inf or NaN")
             # your own per-coordinate values, so that a formula mistake is not charged here again
             each = _kl_one_coordinate(KL, mu.reshape(-1), lv.reshape(-1), device).reshape(shape)
+            expect(bool(each.std() > 0), "KL gives the same value whatever mu and logvar are: "
+                                         "it must compute the divergence from them")
             K = shape[-1]
             if K > 1 and torch.allclose(got, each.mean(-1), rtol=1e-4, atol=1e-5):
                 raise AssertionError("KL is the mean over the latent coordinates; the coordinates "
