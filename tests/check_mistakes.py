@@ -3,7 +3,9 @@
 Each entry changes one solution cell of a source notebook (``old`` -> ``new``, ``old``
 occurring once in the cell) and names the check that must fail (``check``, a grade id)
 and words its message must contain (``words``). ``accepted`` marks a mistake that gets
-through on purpose, with the reason.
+through on purpose, with the reason. A mistake costs points once: no other check may fail
+because of it, unless the entry declares that check in ``also``, with the reason in
+``why_also`` (a mistake genuinely wrong in the skills of two cells; none is declared now).
 """
 
 from typing import NamedTuple
@@ -19,6 +21,8 @@ class Mistake(NamedTuple):
     check: str
     words: tuple
     accepted: str = ""
+    also: tuple = ()
+    why_also: str = ""
 
 
 _KL = "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)"
@@ -28,12 +32,12 @@ _BCE = 'nll = F.binary_cross_entropy(recon_x, x, reduction="none").sum(-1)'
 _LOSS = "return (nll + KL(mu, logvar)).mean()"
 
 
-def _vae(cell, old, new, check, *words, accepted=""):
-    return Mistake("vae_basics", cell, old, new, check, words, accepted)
+def _vae(cell, old, new, check, *words, accepted="", also=(), why_also=""):
+    return Mistake("vae_basics", cell, old, new, check, words, accepted, also, why_also)
 
 
-def _gen(cell, old, new, check, *words, accepted=""):
-    return Mistake("dpm2_generative", cell, old, new, check, words, accepted)
+def _gen(cell, old, new, check, *words, accepted="", also=(), why_also=""):
+    return Mistake("dpm2_generative", cell, old, new, check, words, accepted, also, why_also)
 
 
 _BUFFERS = ('self.register_buffer("locs", torch.zeros(self.outcome_shape))\n'
@@ -50,8 +54,8 @@ _POSTERIOR = "return td.Categorical(logits=log_joint.movedim(0, -1))  # batch_sh
 _NAIVE = "return self.obs_model(z).log_prob(x).mean(dim=0)  # batch_shape"
 
 
-def _inf(cell, old, new, check, *words, accepted=""):
-    return Mistake("dpm2_inference", cell, old, new, check, words, accepted)
+def _inf(cell, old, new, check, *words, accepted="", also=(), why_also=""):
+    return Mistake("dpm2_inference", cell, old, new, check, words, accepted, also, why_also)
 
 
 _GAUSS_SCALES = "nn.Softplus(),\n            ReshapeLast(self.outcome_shape))"
@@ -67,8 +71,8 @@ _SCORE = ("r, cv_loss = self.cv_model(reward.detach(), x=x, q=qz, r_fn=r_fn)\n"
 _CENTRE = "self.r_mean.mul_(1.0 - self.alpha).add_(self.alpha * r.mean())"
 
 
-def _is(cell, old, new, check, *words, accepted=""):
-    return Mistake("importance_sampling", cell, old, new, check, words, accepted)
+def _is(cell, old, new, check, *words, accepted="", also=(), why_also=""):
+    return Mistake("importance_sampling", cell, old, new, check, words, accepted, also, why_also)
 
 
 _MARGINAL_COV = "cov = W @ W.T + sigma ** 2 * torch.eye(D, dtype=W.dtype, device=W.device)"

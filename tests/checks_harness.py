@@ -12,6 +12,7 @@ import importlib
 import inspect
 import os
 import re
+import symtable
 import sys
 from pathlib import Path
 
@@ -102,6 +103,51 @@ def _names_read(assignment: str, grade_id: str) -> set:
     """The names a check reads from the notebook's namespace (``ns["name"]``)."""
     source = inspect.getsource(checks(assignment)[grade_id])
     return set(re.findall(r'ns\["(\w+)"\]', source))
+
+
+def _bindings(code: str) -> tuple[set, set]:
+    """The names a cell's code binds at top level, and the global names it reads (at top level
+    or inside its functions and classes; a function's parameters and locals are not globals)."""
+    top = symtable.symtable(code, "<cell>", "exec")
+    bound = {sym.get_name() for sym in top.get_symbols() if sym.is_assigned() or sym.is_imported()
+             or sym.is_namespace()}
+    read, todo = {sym.get_name() for sym in top.get_symbols() if sym.is_referenced()}, [top]
+    while todo:
+        table = todo.pop()
+        for child in table.get_children():
+            todo.append(child)
+            read |= {sym.get_name() for sym in child.get_symbols()
+                     if sym.is_referenced() and (sym.is_global() or sym.is_free())}
+    return bound, read
+
+
+def affected_checks(assignment: str, cell: str) -> list:
+    """The checks that could fail when the code cell ``cell`` changes: those whose cell comes
+    after it and that read, from the notebook's namespace, a name that ``cell`` binds, or a
+    name bound by an earlier cell whose code reads such a name (transitively): the checks of
+    the exercise itself and the downstream checks that reuse its functions."""
+    cells = notebook_cells(assignment)
+    order = list(cells)
+    changed, _ = _bindings(_code(cells[cell].source))
+    affected = []
+    for grade_id in checks(assignment):
+        if order.index(grade_id) < order.index(cell):
+            continue
+        uses: dict = {}  # name -> the global names read by the cells up to the check's that bind it
+        for other in order[: order.index(grade_id) + 1]:
+            if cells[other].cell_type == "code":
+                bound, read = _bindings(_code(cells[other].source.split(BEGIN)[0]))
+                for name in bound:
+                    uses.setdefault(name, set()).update(read)
+        seen, todo = set(), list(_names_read(assignment, grade_id))
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += uses.get(name, ())
+        if seen & changed:
+            affected.append(grade_id)
+    return affected
 
 
 def run_check(ns: dict, assignment: str, grade_id: str, visible: bool | None = None) -> None:
