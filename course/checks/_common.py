@@ -13,12 +13,14 @@ import torch.distributions as td
 from dpm_core import PPCA
 from dpm_core.grading import expect_distribution
 
-__all__ = ["cpd_distribution", "expect_batch_and_event", "expect_raises", "known_mistake", "pca_problem",
+__all__ = ["cpd_distribution", "expect_batch_and_event", "expect_raises", "known_mistake",
+           "pca_problem",
            "references_in", "seeded_ppca"]
 
 
 def cpd_distribution(net, inputs, name: str):
-    """Call a CPD net on ``inputs``, turning torch's checks of the distribution it builds into a hint.
+    """Call a CPD net on ``inputs``, turning torch's checks of the distribution it builds into a
+    hint.
 
     Raises:
         AssertionError: torch rejected the distribution's parameters (a scale that is not

@@ -122,7 +122,8 @@ def check_gaussian_prior_buffers(ns: dict) -> None:
     for dev in devices():
         net = GaussianPriorNet(3).to(dev)
         d = net((4,))
-        expect(d.sample().device.type == torch.device(dev).type and d.mean.device.type == torch.device(dev).type,
+        expect(d.sample().device.type == torch.device(dev).type
+               and d.mean.device.type == torch.device(dev).type,
                f"After prior.to({dev!r}) the prior's tensors are not on {dev}: register the "
                f"location and scale as buffers so that .to(device) moves them.")
         lp = d.log_prob(torch.zeros(4, 3, device=dev))
@@ -179,9 +180,11 @@ def check_mog_prior_parameters(ns: dict) -> None:
             locs = net.locs.detach()
             expect(bool(((locs >= 2.0) & (locs <= 3.0)).all()),
                    "With lbound=2 and rbound=3, some initial locations fall outside [2, 3]: "
-                   "draw them uniformly in [lbound, rbound], e.g. torch.empty(shape).uniform_(lbound, rbound).")
+                   "draw them uniformly in [lbound, rbound], e.g. "
+                   "torch.empty(shape).uniform_(lbound, rbound).")
             expect(locs.std().item() > 0.1,
-                   "The initial locations are (nearly) all equal: draw them uniformly in [lbound, rbound].")
+                   "The initial locations are (nearly) all equal: draw them uniformly in [lbound, "
+                   "rbound].")
             expect(net.locs.device.type == torch.device(dev).type,
                    f"After prior.to({dev!r}) the locations are not on {dev}.")
             expect_shape(net.scales, (50,) + event, "prior.scales")
@@ -275,7 +278,8 @@ def check_mog_prior_values(ns: dict) -> None:
                         f"{str(e).splitlines()[0][:100]})") from None
                 expect_shape(lp, batch_shape, what)
                 uniform = torch.logsumexp(comp, -1) - math.log(4)
-                if torch.allclose(lp, uniform, atol=1e-4) and not torch.allclose(uniform, ref, atol=1e-4):
+                if (torch.allclose(lp, uniform, atol=1e-4)
+                        and not torch.allclose(uniform, ref, atol=1e-4)):
                     raise AssertionError(f"{what} ignores the mixing logits: pass "
                                          f"td.Categorical(logits=self.logits...) to the mixture.")
                 expect_close(lp, ref, what,
@@ -300,7 +304,8 @@ def check_binarized_image_model(ns: dict) -> None:
         with torch.no_grad():
             obs.decoder[-2].weight.mul_(3.0)  # logits of a few units, many outside [0, 1]
         for batch_shape in ((), (4,), (3, 5)):
-            what = f"BinarizedImageModel(2 x 5 x 4 images)(z) for z of shape {list(batch_shape + (3,))} on {dev}"
+            what = (f"BinarizedImageModel(2 x 5 x 4 images)(z) for z of shape "
+                    f"{list(batch_shape + (3,))} on {dev}")
             z = torch.randn(batch_shape + (3,), device=dev)
             x = torch.bernoulli(torch.full(batch_shape + (2, 5, 4), 0.5, device=dev))
             try:
@@ -316,10 +321,12 @@ def check_binarized_image_model(ns: dict) -> None:
                 logits = obs.decoder(z)
                 ref = td.Independent(td.Bernoulli(logits=logits), 3)
                 expect_close(lp, ref.log_prob(x), f"{what}.log_prob(x)", hint, rtol=1e-4, atol=1e-3)
-                expect_close(d.mean, torch.sigmoid(logits), f"{what}.mean", hint, rtol=1e-4, atol=1e-5)
+                expect_close(d.mean, torch.sigmoid(logits), f"{what}.mean", hint,
+                             rtol=1e-4, atol=1e-5)
             s = d.sample((2,))
             expect_shape(s, (2,) + batch_shape + (2, 5, 4), f"sample((2,)) of {what}")
-            expect(bool(((s == 0) | (s == 1)).all()), "Samples of the Bernoulli model should be 0 or 1.")
+            expect(bool(((s == 0) | (s == 1)).all()),
+                   "Samples of the Bernoulli model should be 0 or 1.")
             lp.sum().backward()
             expect(all(p.grad is not None for p in obs.decoder.parameters()),
                    "No gradient reaches the decoder through log_prob.")
@@ -342,7 +349,8 @@ def check_continuous_image_model(ns: dict) -> None:
         with torch.no_grad():
             obs.decoder[-2].weight.mul_(3.0)
         for batch_shape in ((), (4,), (3, 5)):
-            what = f"ContinuousImageModel(2 x 5 x 4 images)(z) for z of shape {list(batch_shape + (3,))} on {dev}"
+            what = (f"ContinuousImageModel(2 x 5 x 4 images)(z) for z of shape "
+                    f"{list(batch_shape + (3,))} on {dev}")
             z = torch.randn(batch_shape + (3,), device=dev)
             x = torch.rand(batch_shape + (2, 5, 4), device=dev)
             try:
@@ -379,7 +387,8 @@ def check_joint_log_prob(ns: dict) -> None:
             obs = _TinyImageModel(2, image_shape=(1, 3, 2))
             joint = JointDistribution(prior_net, obs).to(dev)
             for batch_shape in ((), (4,), (3, 5)):
-                what = f"log_prob(z, x) with a {type(prior_net).__name__}, batch shape {batch_shape}, on {dev}"
+                what = (f"log_prob(z, x) with a {type(prior_net).__name__}, batch shape "
+                        f"{batch_shape}, on {dev}")
                 with torch.no_grad():
                     z = prior_net(batch_shape).sample()
                     x = obs(z).sample()
@@ -388,11 +397,13 @@ def check_joint_log_prob(ns: dict) -> None:
                     log_lik = obs(z).log_prob(x)
                 expect_shape(lp, batch_shape, what, "It should have the batch shape of z.")
                 if torch.allclose(lp, log_lik, atol=1e-4):
-                    raise AssertionError(f"{what} equals log p(x|z): the prior term log p(z) is missing.")
+                    raise AssertionError(f"{what} equals log p(x|z): the prior term log p(z) is "
+                                         "missing.")
                 if torch.allclose(lp, log_prior, atol=1e-4):
                     raise AssertionError(f"{what} equals log p(z): the term log p(x|z) is missing.")
                 expect_close(lp, log_prior + log_lik, what,
-                             "log p(z, x) = log p(z) + log p(x|z), with the prior of the batch shape of z.",
+                             "log p(z, x) = log p(z) + log p(x|z), with the prior of the batch "
+                             "shape of z.",
                              atol=1e-4)
 
 
@@ -436,7 +447,8 @@ def check_joint_log_marginal(ns: dict) -> None:
             if torch.allclose(got, torch.logsumexp(log_lik, 0), atol=1e-4):
                 raise AssertionError(f"{what} leaves out the prior: sum log p(z) + log p(x|z).")
             expect_close(got, expected, what,
-                         "log p(x) = logsumexp over the N codes of log p(z) + log p(x|z).", atol=1e-4)
+                         "log p(x) = logsumexp over the N codes of log p(z) + log p(x|z).",
+                         atol=1e-4)
         # the order in which enumerate_fn lists the codes does not matter
         x = torch.bernoulli(torch.full((4, 1, 3, 2), 0.5, device=dev))
         with torch.no_grad():
@@ -486,7 +498,8 @@ def check_joint_posterior(ns: dict) -> None:
                 flipped = joint.posterior(x, lambda p: p.enumerate_support().flip(0))
             expect_close(flipped.probs, expected.flip(-1),
                          f"{what} with the codes listed in reverse order",
-                         "Outcome n of the posterior should be the n-th code that enumerate_fn lists.",
+                         "Outcome n of the posterior should be the n-th code that enumerate_fn "
+                         "lists.",
                          atol=1e-5)
 
 
@@ -506,13 +519,15 @@ def check_joint_naive_bound(ns: dict) -> None:
         obs = _TinyImageModel(N, image_shape=(1, 3, 2))
         joint = JointDistribution(prior_net, obs).to(dev)
         # shapes, with a Gaussian and a categorical prior
-        gauss = JointDistribution(ref.GaussianPriorNet(2), _TinyImageModel(2, image_shape=(1, 3, 2))).to(dev)
+        gauss = JointDistribution(ref.GaussianPriorNet(2),
+                                  _TinyImageModel(2, image_shape=(1, 3, 2))).to(dev)
         for model in (joint, gauss):
             for batch_shape in ((), (4,), (3, 5)):
                 x = torch.bernoulli(torch.full(batch_shape + (1, 3, 2), 0.5, device=dev))
                 with torch.no_grad():
                     b = model.naive_lowerbound(x, 7)
-                expect_shape(b, batch_shape, f"naive_lowerbound(x, 7) for batch shape {batch_shape} on {dev}",
+                expect_shape(b, batch_shape, "naive_lowerbound(x, 7) for batch shape "
+                                             f"{batch_shape} on {dev}",
                              "Average over the S samples (dim 0), not over the batch.")
                 expect_shape(model.naive_lowerbound(x, 1), batch_shape,
                              f"naive_lowerbound(x, 1) for batch shape {batch_shape} on {dev}")
@@ -535,7 +550,8 @@ def check_joint_naive_bound(ns: dict) -> None:
         if (est > log_px + tol).any():
             raise AssertionError(f"{what} exceeds the exact log p(x) by more than the Monte Carlo "
                                  f"error, so it does not estimate a lower bound: draw num_samples "
-                                 f"codes z ~ p(z) and average log p(x|z) over them (an average, not "
+                                 "codes z ~ p(z) and average log p(x|z) over them (an average, "
+                                 "not "
                                  f"a logsumexp; the prior, not the posterior).")
         entropy_offset = (weights * weights.log()).sum()
         if ((est - (exact + entropy_offset)).abs() <= tol).all():
@@ -563,9 +579,10 @@ def check_joint_naive_bound(ns: dict) -> None:
                f"E_p(z)[log p(x|z)] is about {mean.tolist()}.")
         # gradients reach the decoder (the bound is a training objective)
         b = gauss.naive_lowerbound(x, 5)
+        decoder = list(gauss.cpd_net.parameters())
         expect(b.requires_grad and all(
-                   g is not None for g in torch.autograd.grad(b.sum(), list(gauss.cpd_net.parameters()),
-                                                              allow_unused=True)),
+                   g is not None
+                   for g in torch.autograd.grad(b.sum(), decoder, allow_unused=True)),
                "No gradient reaches the decoder through naive_lowerbound: do not compute it "
                "under torch.no_grad() or with .detach().")
 

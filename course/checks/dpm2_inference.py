@@ -107,7 +107,8 @@ def _ppca_elbo(nvil, x, rate_weight=1.0):
 
 
 def _gradient_bias(nvil, x, estimator, repeats, sample_size, rate_weight=1.0):
-    """Run NVIL's gradient estimator `repeats` times on x and compare the average with the exact gradient.
+    """Run NVIL's gradient estimator `repeats` times on x and compare the average with the exact
+    gradient.
 
     Returns:
         {"generative": t, "inference": t}: for each parameter group, the largest number of
@@ -144,7 +145,8 @@ def _image_nvil(nvil_type, q_type=None, prior=None, cv_model=None, size=8, laten
     return nvil_type(
         JointDistribution(prior or GaussianPriorNet(latent),
                           BinarizedImageModel(1, size, size, latent, decoder_type=decoder)),
-        InferenceModel(q_type or ReferenceGaussianCPDNet, latent, width=size, height=size, hidden_size=16),
+        InferenceModel(q_type or ReferenceGaussianCPDNet, latent, width=size, height=size,
+                       hidden_size=16),
         cv_model,
     )
 
@@ -209,7 +211,8 @@ def check_gaussian_cpd(ns: dict) -> None:
         for hidden in (None, 0, 7):
             net_m = GaussianCPDNet((2, 3), num_inputs=4, hidden_size=hidden).to(dev)
             q_m = cpd_distribution(net_m, torch.randn(3, 5, 4, device=dev), "GaussianCPDNet")
-            expect_distribution(q_m, (3, 5), (2, 3), f"GaussianCPDNet((2, 3), hidden_size={hidden})")
+            expect_distribution(q_m, (3, 5), (2, 3),
+                                f"GaussianCPDNet((2, 3), hidden_size={hidden})")
             expect_shape(q_m.log_prob(q_m.rsample()), (3, 5), "log_prob of a [2, 3] latent",
                          "td.Independent must absorb len(outcome_shape) dimensions, not just 1")
         # large inputs: scales stay positive and finite (a missing positivity transform fails here)
@@ -222,13 +225,15 @@ def check_gaussian_cpd(ns: dict) -> None:
         # gradients reach every parameter through rsample
         wide.zero_grad()
         q_w.rsample().pow(2).sum().backward()
-        missing = [n for n, p in wide.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        missing = [n for n, p in wide.named_parameters()
+                   if p.grad is None or not torch.isfinite(p.grad).all()]
         expect(not missing, f"no gradient reached {missing} through rsample")
         expect(all(p.device.type == torch.device(dev).type for p in wide.parameters()),
                "every layer must be a registered submodule, so that .to(device) moves it")
         # dropout is accepted, and the net plugs into InferenceModel as q(z|x) over images
         GaussianCPDNet(4, num_inputs=5, hidden_size=8, p_drop=0.3)
-        q_model = InferenceModel(GaussianCPDNet, latent_size=3, width=8, height=8, hidden_size=16).to(dev)
+        q_model = InferenceModel(GaussianCPDNet, latent_size=3, width=8, height=8,
+                                 hidden_size=16).to(dev)
         for images_shape in [(4, 1, 8, 8), (3, 5, 1, 8, 8)]:
             q_x = q_model(torch.zeros(images_shape, device=dev))
             expect_distribution(q_x, images_shape[:-3], (3,), "InferenceModel(GaussianCPDNet, ...)")
@@ -253,9 +258,11 @@ def check_mog_cpd(ns: dict) -> None:
         # a single component, the default of two, and dropout
         one = cpd_distribution(MoGCPDNet(3, num_inputs=5, num_components=1).to(dev),
                                 torch.randn(4, 5, device=dev), "MoGCPDNet")
-        expect(tuple(one.mixture_distribution.probs.shape) == (4, 1), "num_components=1 gives one weight per input")
+        expect(tuple(one.mixture_distribution.probs.shape) == (4, 1),
+               "num_components=1 gives one weight per input")
         two = MoGCPDNet(3, num_inputs=5, p_drop=0.2).to(dev)
-        expect(tuple(two(torch.randn(4, 5, device=dev)).component_distribution.batch_shape) == (4, 2),
+        two_q = two(torch.randn(4, 5, device=dev))
+        expect(tuple(two_q.component_distribution.batch_shape) == (4, 2),
                "num_components defaults to 2")
         # large inputs: positive, finite scales; weights, locations and scales depend on the input
         wide = MoGCPDNet(6, num_inputs=5, hidden_size=None, num_components=3).to(dev)
@@ -265,7 +272,8 @@ def check_mog_cpd(ns: dict) -> None:
                "the component scales must be positive and finite: use a softplus")
         expect(bool((q_w.mixture_distribution.probs.std(0) > 0).all()),
                "the mixing weights must depend on the input (a logits head on h)")
-        expect(bool((q_w.component_distribution.mean.std(0) > 0).all() and (comp_scales.std(0) > 0).all()),
+        expect(bool((q_w.component_distribution.mean.std(0) > 0).all()
+                    and (comp_scales.std(0) > 0).all()),
                "the component locations and scales must depend on the input")
         # gradients reach every parameter through log_prob. Inputs of unit scale: with 10 * randn
         # and no hidden layer, some softplus scales fall to about 1e-10 and log_prob's gradient
@@ -273,12 +281,14 @@ def check_mog_cpd(ns: dict) -> None:
         wide.zero_grad()
         q_g = cpd_distribution(wide, torch.randn(64, 5, device=dev), "MoGCPDNet")
         q_g.log_prob(q_g.sample()).sum().backward()
-        missing = [n for n, p in wide.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        missing = [n for n, p in wide.named_parameters()
+                   if p.grad is None or not torch.isfinite(p.grad).all()]
         expect(not missing, f"no gradient reached {missing} through log_prob")
         q_model = InferenceModel(functools.partial(MoGCPDNet, num_components=3), latent_size=3,
                                  width=8, height=8, hidden_size=16).to(dev)
         q_x = q_model(torch.zeros(3, 5, 1, 8, 8, device=dev))
-        expect_distribution(q_x, (3, 5), (3,), "InferenceModel(partial(MoGCPDNet, num_components=3), ...)")
+        expect_distribution(q_x, (3, 5), (3,), "InferenceModel(partial(MoGCPDNet, "
+                                               "num_components=3), ...)")
     print("MoGCPDNet passes the hidden tests")
 
 
@@ -296,15 +306,18 @@ def check_nvil_drl(ns: dict) -> None:
             with torch.no_grad():
                 out_35 = structured.DRL(_random_images(3, 5, device=dev), sample_size=S_hidden)
             for name, value in zip("DRL", out_35):
-                expect_shape(value, (3, 5), f"{name} for a [3, 5] batch with sample_size={S_hidden}",
+                expect_shape(value, (3, 5), f"{name} for a [3, 5] batch with "
+                                            f"sample_size={S_hidden}",
                              "reduce only the sample dimension")
         exact_dev = _ppca_nvil(NVIL, device=dev)
         x_exact = _ppca_data(exact_dev, 8)
         with torch.no_grad():
             truth = exact_dev.gen_model.exact_log_marginal(x_exact)
-            expect_close(exact_dev.DRL(x_exact, sample_size=1)[2], truth, "L with one sample and q = posterior",
+            expect_close(exact_dev.DRL(x_exact, sample_size=1)[2], truth,
+                         "L with one sample and q = posterior",
                          "L must be log(1/S sum_s w_s), computed with logsumexp")
-            expect_close(exact_dev.DRL(x_exact, sample_size=300)[2], truth, "L with 300 samples and q = posterior",
+            expect_close(exact_dev.DRL(x_exact, sample_size=300)[2], truth,
+                         "L with 300 samples and q = posterior",
                          "subtract log S after the logsumexp over the samples")
         # a perturbed q: closed-form rate, unbiased distortion, L between the ELBO and log p(x)
         perturbed = _ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, device=dev)
@@ -315,27 +328,34 @@ def check_nvil_drl(ns: dict) -> None:
             D_p, R_p, L_p = perturbed.DRL(x_p, sample_size=BIG_S)
             z_p = q_p.sample((BIG_S,))
             nll = -perturbed.gen_model.obs_model(z_p).log_prob(x_p)  # [S, B]
-            elbo_p, truth_p = _ppca_elbo(perturbed, x_p), perturbed.gen_model.exact_log_marginal(x_p)
+            elbo_p = _ppca_elbo(perturbed, x_p)
+            truth_p = perturbed.gen_model.exact_log_marginal(x_p)
         expect(not torch.allclose(R_p, kl_pq, rtol=1e-4),
                "R equals KL(p(z) || q(z|x)): the arguments are swapped, the rate is KL(q || p)")
         expect_close(R_p, kl_qp, "R for a Gaussian q and a Gaussian prior",
-                     "use the closed-form KL(q(z|x) || p(z)), e.g. td.kl_divergence(q, p), when there is one")
-        expect(bool(((D_p - (-elbo_p - kl_qp)).abs() <= NUM_SE * nll.std(0) / math.sqrt(BIG_S)).all()),
-               "D is not an unbiased estimate of E_q[-log p(x|z)]: average -log p(x|z_s) over draws z_s ~ q(z|x)")
+                     "use the closed-form KL(q(z|x) || p(z)), e.g. td.kl_divergence(q, p), when "
+                     "there is one")
+        se_D = nll.std(0) / math.sqrt(BIG_S)
+        expect(bool(((D_p - (-elbo_p - kl_qp)).abs() <= NUM_SE * se_D).all()),
+               "D is not an unbiased estimate of E_q[-log p(x|z)]: average -log p(x|z_s) over "
+               "draws z_s ~ q(z|x)")
         gap = (truth_p - elbo_p).mean()
         expect(bool((truth_p - L_p).mean() < 0.1 * gap and L_p.mean() <= truth_p.mean() + 1e-2),
                "with many samples L should close most of the gap between the ELBO and log p(x) "
-               "(and never exceed log p(x) on average): is L the logsumexp of log p(x, z_s) - log q(z_s|x) minus log S?")
+               "(and never exceed log p(x) on average): is L the logsumexp of log p(x, z_s) - log "
+               "q(z_s|x) minus log S?")
         # a prior without closed-form KL: the rate is sampled
         mixed = _ppca_nvil(NVIL, shift=0.4, scale_factor=1.6, mixture_prior=True, device=dev)
         with torch.no_grad():
             _, R_m, _ = mixed.DRL(x_p, sample_size=BIG_S)
             log_ratio = q_p.log_prob(z_p) - perturbed.gen_model.prior((16,)).log_prob(z_p)
         expect(bool(((R_m - kl_qp).abs() <= NUM_SE * log_ratio.std(0) / math.sqrt(BIG_S)).all()),
-               "without a closed form, R must be the average of log q(z_s|x) - log p(z_s) over the draws")
+               "without a closed form, R must be the average of log q(z_s|x) - log p(z_s) over the "
+               "draws")
         exact_mixed = _ppca_nvil(NVIL, mixture_prior=True, device=dev)
         with torch.no_grad():
-            expect_close(exact_mixed.DRL(x_exact, sample_size=4)[2], truth, "L with a sampled rate and q = posterior",
+            expect_close(exact_mixed.DRL(x_exact, sample_size=4)[2], truth,
+                         "L with a sampled rate and q = posterior",
                          "L must use log p(z) + log p(x|z) - log q(z|x) of the same draws")
     print("DRL passes the hidden tests")
 
@@ -351,8 +371,10 @@ def check_nvil_forward(ns: dict) -> None:
         model_f = _image_nvil(NVIL).to(dev)
         x_f = _random_images(4, device=dev)
         out_35 = model_f(_random_images(3, 5, device=dev))
-        expect(out_35["loss"].dim() == 0, "for a [3, 5] batch the loss is still one number (the mean)")
-        expect(abs(_as_number(out_35["ELBO"]) + _as_number(out_35["D"]) + _as_number(out_35["R"])) < 1e-3 * abs(_as_number(out_35["ELBO"])),
+        expect(out_35["loss"].dim() == 0, "for a [3, 5] batch the loss is still one number (the "
+                                          "mean)")
+        elbo_35, D_35, R_35 = (_as_number(out_35[k]) for k in ("ELBO", "D", "R"))
+        expect(abs(elbo_35 + D_35 + R_35) < 1e-3 * abs(elbo_35),
                "for a [3, 5] batch, report the means of -D - R, D and R")
         # the rate: weight and sign
         for weight in (0.0, 2.0):
@@ -372,14 +394,17 @@ def check_nvil_forward(ns: dict) -> None:
         expect_raises(ValueError, lambda: model_f(x_f, estimator="magic"),
                       "an unknown estimator must raise ValueError")
         # a mixture q takes the score-function path automatically
-        mixture = _image_nvil(NVIL, q_type=functools.partial(ReferenceMoGCPDNet, num_components=3)).to(dev)
+        mixture = _image_nvil(
+            NVIL, q_type=functools.partial(ReferenceMoGCPDNet, num_components=3)).to(dev)
         mixture.zero_grad()
         out_mog = mixture(x_f, sample_size=2)
         out_mog["loss"].backward()
-        bad = [n for n, p in mixture.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        bad = [n for n, p in mixture.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all()]
         expect(not bad, f"with a mixture q, no (finite) gradient reached {bad[:3]}: use the score "
                         "function when q has no rsample")
-        expect(abs(_as_number(out_mog["ELBO"]) + _as_number(out_mog["D"]) + _as_number(out_mog["R"])) < 1e-3 * abs(_as_number(out_mog["ELBO"])),
+        elbo_mog, D_mog, R_mog = (_as_number(out_mog[k]) for k in ("ELBO", "D", "R"))
+        expect(abs(elbo_mog + D_mog + R_mog) < 1e-3 * abs(elbo_mog),
                "with the score function, still report ELBO = -D - R (not the surrogate)")
         expect_raises(NotImplementedError, lambda: mixture(x_f, estimator="reparam"),
                       "estimator='reparam' with a mixture q must raise NotImplementedError")
@@ -389,15 +414,19 @@ def check_nvil_forward(ns: dict) -> None:
     with torch.no_grad():
         exact_elbo = _ppca_elbo(sfe_model, x_s).mean().item()
         draws = sfe_model.inf_model(x_s).sample((20000,))
-        se_elbo = sfe_model.gen_model.obs_model(draws).log_prob(x_s).std(0).pow(2).mean().div(8 * 20000).sqrt().item()
-        kl_s = td.kl_divergence(sfe_model.inf_model(x_s), sfe_model.gen_model.prior((8,))).mean().item()
+        per_draw = sfe_model.gen_model.obs_model(draws).log_prob(x_s)  # [20000, 8]
+        se_elbo = per_draw.std(0).pow(2).mean().div(8 * 20000).sqrt().item()
+        kl_s = td.kl_divergence(sfe_model.inf_model(x_s),
+                                sfe_model.gen_model.prior((8,))).mean().item()
     out_s = sfe_model(x_s, sample_size=20000, estimator="sfe")
     expect(abs(_as_number(out_s["R"]) - kl_s) <= 1e-4 * max(1.0, kl_s),
-           f"the reported R is {_as_number(out_s['R']):.4f}, the batch mean of KL(q(z|x) || p(z)) is {kl_s:.4f}: "
+           f"the reported R is {_as_number(out_s['R']):.4f}, the batch mean of KL(q(z|x) || p(z)) "
+           f"is {kl_s:.4f}: "
            "report the closed-form rate, and check the order of the KL's arguments")
     reported = _as_number(out_s["ELBO"])
     expect(abs(reported - exact_elbo) <= 5 * se_elbo + 1e-6,
-           f"with estimator='sfe' the reported ELBO is {reported:.3f}, the exact ELBO is {exact_elbo:.3f}: "
+           f"with estimator='sfe' the reported ELBO is {reported:.3f}, the exact ELBO is "
+           f"{exact_elbo:.3f}: "
            "report -D - R, not the value of the surrogate")
     print("forward passes the hidden tests")
 
@@ -411,7 +440,8 @@ def check_nvil_pathwise(ns: dict) -> None:
     torch.manual_seed(2)
     for dev in devices():
         for mixture_prior in (False, True):
-            model_h = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, mixture_prior=mixture_prior, device=dev)
+            model_h = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, mixture_prior=mixture_prior,
+                                 device=dev)
             x_h = _ppca_data(model_h, 4, seed=3)
             bias_h = _gradient_bias(model_h, x_h, "auto", GRADIENT_REPEATS, GRADIENT_SAMPLES)
             rate = "a sampled rate" if mixture_prior else "a closed-form rate"
@@ -424,8 +454,10 @@ def check_nvil_pathwise(ns: dict) -> None:
                        f"{bias_h['inference']:.0f} standard errors off, and with rate_weight=0 no "
                        f"gradient reaches q(z|x): draw z with rsample, not sample, in the pathwise "
                        f"estimator")
-            expect(bias_h["generative"] <= GRADIENT_NUM_SE and bias_h["inference"] <= GRADIENT_NUM_SE,
-                   f"with {rate} on {dev}, the pathwise gradient is biased ({bias_h['generative']:.0f} and "
+            expect(bias_h["generative"] <= GRADIENT_NUM_SE
+                   and bias_h["inference"] <= GRADIENT_NUM_SE,
+                   f"with {rate} on {dev}, the pathwise gradient is biased "
+                   f"({bias_h['generative']:.0f} and "
                    f"{bias_h['inference']:.0f} standard errors for p and q): z from rsample; "
                    "the sampled rate is the average of log q(z|x) - log p(z) over the same draws")
     print("pathwise gradients pass the hidden tests")
@@ -452,8 +484,10 @@ def check_nvil_sfe(ns: dict) -> None:
             bias_h = _gradient_bias(model_h, x_h, "sfe", GRADIENT_REPEATS, GRADIENT_SAMPLES,
                                     rate_weight=0.0)
             expect(bias_h["generative"] <= GRADIENT_NUM_SE,
-                   f"with {what} on {dev}, the score-function gradient of p is {bias_h['generative']:.0f} standard "
-                   "errors off: pass reward.detach() to the control variate and detach its output in the score term")
+                   f"with {what} on {dev}, the score-function gradient of p is "
+                   f"{bias_h['generative']:.0f} standard "
+                   "errors off: pass reward.detach() to the control variate and detach its output "
+                   "in the score term")
             expect(bias_h["inference"] <= GRADIENT_NUM_SE,
                    f"with {what} and rate_weight=0 on {dev}, the score-function gradient of q is "
                    f"{bias_h['inference']:.0f} standard errors off: draw z with sample (not "
@@ -471,45 +505,56 @@ def check_nvil_cv_hookup(ns: dict) -> None:
     RecordingCV = ns["RecordingCV"]
     torch.manual_seed(1)
     for dev in devices():
-        # with a sampled rate the reward is the whole ELBO integrand: log p(x) for the exact posterior
+        # with a sampled rate the reward is the whole ELBO integrand: log p(x) for the exact
+        # posterior
         recorder_h = RecordingCV()
         exact_mixed = _ppca_nvil(NVIL, mixture_prior=True, cv_model=recorder_h, device=dev)
         x_h = _ppca_data(exact_mixed, 5)
         exact_mixed(x_h, sample_size=6, estimator="sfe")
         log_px_h = exact_mixed.gen_model.exact_log_marginal(x_h).detach()
-        expect_close(recorder_h.calls[-1]["r"], log_px_h.expand(6, 5), "the reward with a sampled rate and q = posterior",
-                     "without a closed-form KL the reward is log p(x|z) - rate_weight * (log q(z|x) - log p(z))",
+        expect_close(recorder_h.calls[-1]["r"], log_px_h.expand(6, 5),
+                     "the reward with a sampled rate and q = posterior",
+                     "without a closed-form KL the reward is log p(x|z) - rate_weight * (log "
+                     "q(z|x) - log p(z))",
                      rtol=1e-6, atol=1e-6)
         exact_mixed(x_h, sample_size=6, rate_weight=0.5, estimator="sfe")
         q_h = recorder_h.calls[-1]["q"]
         z_h = q_h.sample((2,))
         with torch.no_grad():
             expected_r = (exact_mixed.gen_model.obs_model(z_h).log_prob(x_h)
-                          - 0.5 * (q_h.log_prob(z_h) - exact_mixed.gen_model.prior((5,)).log_prob(z_h)))
-            expect_close(recorder_h.calls[-1]["r_fn"](z_h, x_h), expected_r, "r_fn with a sampled rate and rate_weight=0.5",
+                          - 0.5 * (q_h.log_prob(z_h)
+                                   - exact_mixed.gen_model.prior((5,)).log_prob(z_h)))
+            expect_close(recorder_h.calls[-1]["r_fn"](z_h, x_h), expected_r,
+                         "r_fn with a sampled rate and rate_weight=0.5",
                          "r_fn must apply the same formula as the reward, rate_weight included")
-        # the score term is built from the control variate's output: zero rewards leave only -KL for q
+        # the score term is built from the control variate's output: zero rewards leave only
+        # -KL for q
         zeroed = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=ZeroRewardCV(), device=dev)
         x_z = _ppca_data(zeroed, 5)
         zeroed.zero_grad()
         zeroed(x_z, sample_size=3, rate_weight=0.7, estimator="sfe")["loss"].backward()
-        got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in zeroed.inf_params()]
+        got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+               for p in zeroed.inf_params()]
         zeroed.zero_grad()
         q_z = zeroed.inf_model(x_z)
         (0.7 * td.kl_divergence(q_z, zeroed.gen_model.prior((5,))).mean()).backward()
         for g, p in zip(got, zeroed.inf_params()):
             expect_close(g, p.grad, "q's gradient when the control variate returns zero rewards",
-                         "the score term must use the control variate's output r, and the closed-form rate "
-                         "enters the loss once as + rate_weight * KL(q || p), averaged over the batch",
+                         "the score term must use the control variate's output r, and the "
+                         "closed-form rate "
+                         "enters the loss once as + rate_weight * KL(q || p), averaged over the "
+                         "batch",
                          rtol=1e-6, atol=1e-8)
         # the control variate's own loss is added to the training loss
         trained = TrainedCV()
         with_loss = _ppca_nvil(NVIL, shift=0.3, scale_factor=1.4, cv_model=trained, device=dev)
         out_t = with_loss(x_z, sample_size=3, estimator="sfe")
-        expect(abs(_as_number(out_t["cv_loss"]) - 4.0) < 1e-6, "report the mean of the control variate's loss as cv_loss")
+        expect(abs(_as_number(out_t["cv_loss"]) - 4.0) < 1e-6,
+               "report the mean of the control variate's loss as cv_loss")
         out_t["loss"].backward()
         expect(trained.w.grad is not None and abs(trained.w.grad.item() + 4.0) < 1e-6,
-               "the loss must include the mean of the control variate's loss, so that a learned baseline trains")
+               "the loss must include the mean of the control variate's loss, so that a learned "
+               "baseline trains")
     print("the control-variate hook-up passes the hidden tests")
 
 
@@ -528,9 +573,11 @@ def check_cv_centred(ns: dict) -> None:
             for step in range(4):
                 batch = 50 * torch.randn(3, 7, device=dev) - 200
                 out_h, loss_h = cv_h(batch)
-                expect_shape(out_h, (3, 7), "CentredReward's output", "it must keep the shape [S, B] of the rewards")
+                expect_shape(out_h, (3, 7), "CentredReward's output",
+                             "it must keep the shape [S, B] of the rewards")
                 expect_close(out_h, batch - running, f"CentredReward(alpha={alpha}) at step {step}",
-                             "subtract the running mean, then update it with the mean over all entries of r",
+                             "subtract the running mean, then update it with the mean over all "
+                             "entries of r",
                              rtol=1e-5, atol=1e-3)
                 expect(bool((torch.zeros_like(batch) + loss_h == 0).all()), "the loss must be 0")
                 running = (1 - a) * running + a * batch.mean().item()
@@ -562,10 +609,14 @@ def _expect_scaled_reward(ScaledReward) -> None:
             for step, spread in enumerate((20.0, 0.01, 5.0, 0.5, 0.01, 0.01)):
                 batch = spread * torch.randn(4, 6, device=dev) + 3.0
                 out_h, loss_h = cv_h(batch)
-                expect_shape(out_h, (4, 6), "ScaledReward's output", "keep the shape [S, B] of the rewards")
-                ok = [torch.allclose(out_h, batch / s, rtol=1e-4, atol=1e-5) for s in scale.values()]
-                expect(any(ok), f"ScaledReward(alpha={alpha}) at step {step} divides by the wrong number: divide by the "
-                                "running std from before the batch, update it with the std over all entries, floor it at 1")
+                expect_shape(out_h, (4, 6), "ScaledReward's output",
+                             "keep the shape [S, B] of the rewards")
+                ok = [torch.allclose(out_h, batch / s, rtol=1e-4, atol=1e-5)
+                      for s in scale.values()]
+                expect(any(ok), f"ScaledReward(alpha={alpha}) at step {step} divides by the wrong "
+                                "number: divide by the "
+                                "running std from before the batch, update it with the std over "
+                                "all entries, floor it at 1")
                 expect(bool((torch.zeros_like(batch) + loss_h == 0).all()), "the loss must be 0")
                 scale = {k: max((1 - a) * s + a * batch.std(correction=1 - k).item(), 1.0)
                          for k, s in scale.items()}
@@ -602,19 +653,22 @@ def _expect_self_critic(SelfCritic) -> None:
     for dev in devices():
         toy_reward = _RewardRecorder()
         seen = toy_reward.seen
-        q_h = td.Independent(td.Normal(torch.randn(5, 3, device=dev), torch.ones(5, 3, device=dev)), 1)
+        q_h = td.Independent(td.Normal(torch.randn(5, 3, device=dev),
+                                       torch.ones(5, 3, device=dev)), 1)
         r_h = torch.randn(2, 5, device=dev)
         out_h, loss_h = SelfCritic()(r_h, x=torch.zeros(5, 1, device=dev), q=q_h, r_fn=toy_reward)
         expect_shape(seen[-1], (2, 5, 3), "the fresh draw for rewards [2, 5]")
         expect_close(out_h, r_h - seen[-1].sum(-1), "SelfCritic's output on a [2, 5] reward",
                      "return r - r_fn(z', x): the rewards minus those of fresh draws z' ~ q")
         expect(bool((torch.zeros_like(r_h) + loss_h == 0).all()), "SelfCritic's loss must be 0")
-        expect(not torch.allclose(seen[-1], q_h.mean.expand(2, 5, 3)), "z' must be a random draw from q, not its mean")
+        expect(not torch.allclose(seen[-1], q_h.mean.expand(2, 5, 3)),
+               "z' must be a random draw from q, not its mean")
         SelfCritic()(r_h, x=None, q=q_h, r_fn=toy_reward)
         expect(not torch.equal(seen[-1], seen[-2]), "each call must draw new codes")
         # rewards without a sample dimension
         SelfCritic()(torch.randn(5, device=dev), x=None, q=q_h, r_fn=toy_reward)
-        expect_shape(seen[-1], (5, 3), "the fresh draw for rewards [B]", "the sample shape is r.shape minus q.batch_shape")
+        expect_shape(seen[-1], (5, 3), "the fresh draw for rewards [B]",
+                     "the sample shape is r.shape minus q.batch_shape")
         # the draws are spread like q
         many = torch.zeros(4000, 5, device=dev)
         SelfCritic()(many, x=None, q=q_h, r_fn=toy_reward)
@@ -666,10 +720,13 @@ def _expect_baseline_output_and_loss(Baseline) -> None:
             r1, r2 = torch.randn(4, 5, device=dev), 10 * torch.randn(4, 5, device=dev)
             (o1, l1), (o2, _) = cv_h(r1, x_h), cv_h(r2, x_h)
             expect_shape(o1, (4, 5), "Baseline's output for vector data (event_dims=1)")
-            expect(torch.allclose(r1 - o1, r2 - o2, atol=1e-5), "b(x) must not depend on the rewards")
-            expect(torch.allclose(l1.detach(), o1 ** 2, atol=1e-5), "the loss must be (r - b(x)) ** 2")
+            expect(torch.allclose(r1 - o1, r2 - o2, atol=1e-5),
+                   "b(x) must not depend on the rewards")
+            expect(torch.allclose(l1.detach(), o1 ** 2, atol=1e-5),
+                   "the loss must be (r - b(x)) ** 2")
             expect(not o1.requires_grad, "detach the baseline in the returned reward")
-            expect(l1.requires_grad, "the loss (r - b(x)) ** 2 carries no gradient to b: detach b in "
+            expect(l1.requires_grad, "the loss (r - b(x)) ** 2 carries no gradient to b: detach b "
+                                     "in "
                                      "the returned reward only, not in the loss")
             expect(all(p.device.type == torch.device(dev).type for p in cv_h.parameters()),
                    "the MLP must be a registered submodule")
@@ -686,13 +743,16 @@ def check_cv_chain(ns: dict) -> None:
     for dev in devices():
         r_h = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=dev)
         out_h, loss_h = CVChain(TimesThree(), AddOne())(r_h)
-        expect_close(out_h, r_h * 3 + 1, "CVChain(TimesThree(), AddOne())", "apply the members in order")
-        expect_close(torch.zeros_like(r_h) + loss_h, r_h + 2.0, "the chain's loss", "the sum of the members' losses")
+        expect_close(out_h, r_h * 3 + 1, "CVChain(TimesThree(), AddOne())",
+                     "apply the members in order")
+        expect_close(torch.zeros_like(r_h) + loss_h, r_h + 2.0, "the chain's loss",
+                     "the sum of the members' losses")
         named = CVChain(OrderedDict(first=AddOne(), second=TimesThree()))
         expect(list(dict(named.named_children())) == ["first", "second"],
                "with an OrderedDict, name the members by its keys")
         out_named, _ = named(r_h)
-        expect_close(out_named, (r_h + 1) * 3, "a chain built from an OrderedDict", "apply the members in the dict's order")
+        expect_close(out_named, (r_h + 1) * 3, "a chain built from an OrderedDict",
+                     "apply the members in the dict's order")
         expect(len(list(CVChain(WithParameter(), AddOne()).parameters())) == 1,
                "the chain must expose its members' parameters: register them with add_module")
         spy = Spy()
@@ -736,7 +796,8 @@ def check_cv_variance(ns: dict) -> None:
         warm_up(nvil_h, x_cv)
         torch.manual_seed(2)
         ratios[name] = score_gradient_variance(nvil_h, x_cv) / plain
-        expect(ratios[name] < MAX_RATIO, f"{name} leaves {ratios[name]:.2f} of the score-function gradient's variance; "
+        expect(ratios[name] < MAX_RATIO, f"{name} leaves {ratios[name]:.2f} of the score-function "
+                                         "gradient's variance; "
                                          "it should at least halve it")
     print("the control variates measured here at least halve the variance")
 

@@ -62,8 +62,9 @@ def _kl_one_coordinate(KL, m, lv, device):
         try:
             got = KL(m[i].reshape(1, 1), lv[i].reshape(1, 1))
         except RuntimeError as err:
-            raise AssertionError(f"KL failed for inputs on {device}: {err}. Create constants on "
-                                 f"the inputs' device (torch.zeros_like / torch.ones_like).") from None
+            raise AssertionError(
+                f"KL failed for inputs on {device}: {err}. Create constants on the inputs' "
+                f"device (torch.zeros_like / torch.ones_like).") from None
         expect(torch.is_tensor(got), f"KL should return a torch.Tensor, got {type(got).__name__}")
         expect(got.numel() == 1, f"KL of one coordinate (inputs of shape [1, 1]) has shape "
                                  f"{list(got.shape)}; expected one number")
@@ -132,14 +133,16 @@ def check_kl_reduction(ns: dict) -> None:
             lv = torch.randn(shape, generator=gen).to(device)
             got = KL(mu, lv)
             batch = list(shape[:-1])
-            expect(torch.is_tensor(got), f"KL should return a torch.Tensor, got {type(got).__name__}")
+            expect(torch.is_tensor(got), "KL should return a torch.Tensor, got "
+                                         f"{type(got).__name__}")
             if list(got.shape) != batch:
                 if list(got.shape) == list(shape):
                     why = "sum the per-coordinate terms over the latent dimension (the last one)"
                 elif got.dim() == 0:
                     why = "you reduced over everything; return one KL per batch element"
                 elif len(shape) == 3 and list(got.shape) == [shape[0], shape[2]]:
-                    why = ("you summed over dim 1, which is the latent dimension only of 2-D inputs; "
+                    why = ("you summed over dim 1, which is the latent dimension only of 2-D "
+                           "inputs; "
                            "sum over the last dimension, .sum(-1)")
                 else:
                     why = "sum over the last dimension only"
@@ -157,7 +160,8 @@ def check_kl_reduction(ns: dict) -> None:
                                      "are independent, so their KLs add up: take the sum")
             expect_close(got, each.sum(-1), f"KL of inputs of shape {list(shape)}",
                          "it should be the sum over the last dimension of the per-coordinate KLs")
-            if torch.allclose(each, KL_ref(mu.unsqueeze(-1), lv.unsqueeze(-1)), rtol=1e-4, atol=1e-5):
+            ref_each = KL_ref(mu.unsqueeze(-1), lv.unsqueeze(-1))
+            if torch.allclose(each, ref_each, rtol=1e-4, atol=1e-5):
                 expect_close(got, KL_ref(mu, lv), f"KL of inputs of shape {list(shape)}",
                              "compare with dpm_core's KL")
                 q = td.Independent(td.Normal(mu, (0.5 * lv).exp()), 1)
@@ -201,7 +205,8 @@ def check_reparametrise_distribution(ns: dict) -> None:
                f"z should be a tensor with the shape of mu, {[n, *shape]}, got "
                f"{list(z.shape) if torch.is_tensor(z) else type(z).__name__}")
         expect(z.device.type == torch.device(device).type,
-               f"z is on {z.device} for inputs on {device}: make the noise with torch.randn_like(mu)")
+               f"z is on {z.device} for inputs on {device}: make the noise with "
+               "torch.randn_like(mu)")
         expect(z.dtype == mu.dtype, f"z has dtype {z.dtype} but mu has {mu.dtype}: make the noise "
                                     f"with torch.randn_like(mu) (NumPy draws are float64)")
         expect(not torch.equal(reparametrise(mu[:2], lv[:2]), reparametrise(mu[:2], lv[:2])),
@@ -216,7 +221,8 @@ def check_reparametrise_distribution(ns: dict) -> None:
         if not _within(mean, m, (var / n).sqrt()):  # standard errors from the draws
             if torch.allclose(mean, lv0.double().to(device), atol=0.1):
                 raise AssertionError("the mean of z is logvar, not mu: mu and logvar are swapped")
-            raise AssertionError("the sample mean of z differs from mu by more than 5 standard errors "
+            raise AssertionError("the sample mean of z differs from mu by more than 5 standard "
+                                 "errors "
                                  "(20000 draws): is eps standard normal (torch.randn_like, not "
                                  "torch.rand_like) and z = mu + sigma * eps?")
         if not _within(var, v, v * math.sqrt(2 / (n - 1))):
@@ -286,7 +292,8 @@ def check_reparametrise_gradient(ns: dict) -> None:
                f"z should be a tensor with the shape of mu, {list(mu.shape)}, got "
                f"{list(z.shape) if torch.is_tensor(z) else type(z).__name__}")
         expect(z.requires_grad,
-               "z carries no gradient: .sample() (like .detach(), torch.no_grad() or NumPy) cuts the "
+               "z carries no gradient: .sample() (like .detach(), torch.no_grad() or NumPy) cuts "
+               "the "
                "path from z back to mu and logvar; write z = mu + std * eps with "
                "eps = torch.randn_like(mu), or use .rsample()")
         g_mu, g_lv = torch.autograd.grad(z.sum(), [mu, lv], allow_unused=True)
@@ -305,8 +312,10 @@ def check_reparametrise_gradient(ns: dict) -> None:
             g = torch.zeros_like(fd) if g is None else g
             if not torch.allclose(g, fd, rtol=1e-5, atol=1e-6):
                 raise AssertionError(
-                    f"autograd's dz/d{name} differs from how z changes when {name} changes with the "
-                    f"noise fixed (by up to {(g - fd).abs().max().item():.3g}, on {device}): part of "
+                    f"autograd's dz/d{name} differs from how z changes when {name} changes with "
+                    "the "
+                    f"noise fixed (by up to {(g - fd).abs().max().item():.3g}, on {device}): part "
+                    "of "
                     f"the path from {name} to z is detached, or computed outside torch")
     print("Hidden tests of the gradients of z passed.")
 
@@ -357,22 +366,30 @@ def check_loss_terms(ns: dict) -> None:
                         nll = F.binary_cross_entropy(r, x, reduction="none").sum(-1)[0]
                         kl = KL_ref(mu, lv)[0]
                         known = [
-                            (nll, "the KL term is missing: the loss is -log p(x|z) + KL(q(z|x) || p(z))"),
-                            (nll - kl, "the KL term has the wrong sign: the loss is -log p(x|z) + KL"),
-                            (-(nll + kl), "this is the ELBO; the loss to minimise is the negative ELBO"),
+                            (nll, "the KL term is missing: the loss is -log p(x|z) + KL(q(z|x) || "
+                                  "p(z))"),
+                            (nll - kl, "the KL term has the wrong sign: the loss is -log p(x|z) + "
+                                       "KL"),
+                            (-(nll + kl), "this is the ELBO; the loss to minimise is the negative "
+                                          "ELBO"),
                             (-nll + kl, "the reconstruction term has the wrong sign: the binary "
                                         "cross-entropy already is -log p(x|z)"),
                             (nll / D + kl, "the binary cross-entropy is averaged over the pixels "
                                            "(F.binary_cross_entropy's default reduction='mean'); "
                                              "sum it over the pixels of each image"),
-                            (nll + kl / K, "the KL is averaged over the latent coordinates; sum it"),
+                            (nll + kl / K,
+                             "the KL is averaged over the latent coordinates; sum it"),
                             (F.binary_cross_entropy(x, r, reduction="none").sum(-1)[0] + kl,
-                             "recon_x and x are swapped: F.binary_cross_entropy(recon_x, x) takes the "
+                             "recon_x and x are swapped: F.binary_cross_entropy(recon_x, x) takes "
+                             "the "
                              "probabilities first and the binary targets second"),
-                            (F.binary_cross_entropy_with_logits(r, x, reduction="none").sum(-1)[0] + kl,
-                             "recon_x holds probabilities (the decoder ends in a sigmoid), not logits: "
+                            (F.binary_cross_entropy_with_logits(r, x, reduction="none").sum(-1)[0]
+                             + kl,
+                             "recon_x holds probabilities (the decoder ends in a sigmoid), not "
+                             "logits: "
                              "use F.binary_cross_entropy, not binary_cross_entropy_with_logits"),
-                            (nll + KL_ref(lv, mu)[0], "the arguments of KL are swapped: KL(mu, logvar)"),
+                            (nll + KL_ref(lv, mu)[0],
+                             "the arguments of KL are swapped: KL(mu, logvar)"),
                         ]
                     why = known_mistake(got, known, rtol=1e-3, atol=1e-3,
                                         default="check both terms: the binary cross-entropy summed "
@@ -418,7 +435,8 @@ def check_loss_batch(ns: dict) -> None:
                 if list(got.shape) == [N]:
                     raise AssertionError(f"loss_func returns one value per image (shape [{N}]); "
                                          f"average them over the batch to get a scalar")
-                raise AssertionError(f"the loss of a batch should be a scalar (shape []), got shape "
+                raise AssertionError("the loss of a batch should be a scalar (shape []), got "
+                                     "shape "
                                      f"{list(got.shape)}: sum over pixels and latent coordinates "
                                      f"per image, then average over the images")
             each = torch.stack([_as_loss(loss_func(r[i:i + 1], x[i:i + 1], mu[i:i + 1],
@@ -426,10 +444,12 @@ def check_loss_batch(ns: dict) -> None:
             if not torch.allclose(got, each.mean(), rtol=1e-4, atol=1e-4):
                 if torch.allclose(got, each.sum(), rtol=1e-4, atol=1e-4):
                     raise AssertionError(
-                        "the loss is summed over the batch. The convention here is the mean over the "
+                        "the loss is summed over the batch. The convention here is the mean over "
+                        "the "
                         "batch (the negative ELBO per image), so that the loss and a good learning "
                         "rate do not depend on the batch size")
-                raise AssertionError(f"the loss of a batch ({got.item():.4f}) should be the mean of "
+                raise AssertionError(f"the loss of a batch ({got.item():.4f}) should be the mean "
+                                     "of "
                                      f"the losses of its images ({each.mean().item():.4f}): reduce "
                                      f"each image with sums, then take the mean over the images")
             twice = _as_loss(loss_func(r.repeat(2, 1), x.repeat(2, 1), mu.repeat(2, 1),
