@@ -122,16 +122,16 @@ def _with_solution(nb, grade_id: str, body: str):
     return nb
 
 
-def _answered_release(kl: str):
-    """The release with the reference's answers typed in, and ``kl`` as the KL cell: what a
-    student hands in (no hidden tests in it)."""
+def _answered_release(kl: str | None = None):
+    """The release with the reference's answers typed in, and ``kl`` (if given) as the KL
+    cell: what a student hands in (no hidden tests in it)."""
     answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in _source_nb().cells
                if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code"}
     nb = _release_nb()
     for cell in nb.cells:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
         if grade_id in answers and cell.cell_type == "code":
-            cell.source = kl if grade_id == "kl-solution" else answers[grade_id]
+            cell.source = kl if grade_id == "kl-solution" and kl is not None else answers[grade_id]
     return nb
 
 
@@ -279,7 +279,7 @@ def _submissions(root: Path, port: int) -> dict:
     for cell in partial.cells:
         if cell.metadata.get("nbgrader", {}).get("grade_id") == mistake["cell"]:
             cell.source = cell.source.replace(*mistake["replace"])
-    duplicated = _source_nb()
+    duplicated = _answered_release()
     test_cell = next(c for c in duplicated.cells
                      if c.metadata.get("nbgrader", {}).get("grade_id") == "kl-formula-tests")
     duplicated.cells.insert(duplicated.cells.index(test_cell) + 1, nbformat.from_dict(
