@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conditionals import CPDNet
-from .joint import JointDistribution
 from .kl import KL
 from .networks import _positive_int
-from .priors import GaussianPriorNet, ShapeLike, _outcome_shape
+from .priors import PriorNet, ShapeLike, _outcome_shape, as_shape
 
 __all__ = ["VAE", "VAEModelView", "reparametrise", "loss_func"]
 
@@ -154,11 +153,47 @@ class _VAEObservation(CPDNet):
         return td.Independent(td.Bernoulli(probs=probs), len(self.outcome_shape))
 
 
+class _VAEPrior(PriorNet):
+    """p(z) = N(0, I) of a :class:`VAE`, on the device and dtype of its layers."""
+
+    def __init__(self, vae: VAE):
+        super().__init__(vae.z_dim)
+        self.vae = vae
+
+    def forward(self, batch_shape: ShapeLike) -> td.Distribution:
+        """batch_shape ``batch_shape``, event_shape ``(K,)``."""
+        shape = as_shape(batch_shape, "batch_shape") + self.outcome_shape
+        zero = next(self.vae.parameters()).new_zeros(())
+        return td.Independent(td.Normal(zero.expand(shape), (zero + 1).expand(shape)), 1)
+
+
+class _VAEJoint(nn.Module):
+    """p(z, x) = p(z) p(x|z) of a :class:`VAE`: the part of a
+    :class:`~dpm_core.joint.JointDistribution`'s interface that the plots and widgets use.
+
+    Kept apart from ``JointDistribution`` and ``GaussianPriorNet``, which are exercises of
+    dpm2_generative: a student's hand-out withholds them while vae_basics's widgets run.
+    """
+
+    def __init__(self, prior_net: PriorNet, cpd_net: CPDNet):
+        super().__init__()
+        self.prior_net = prior_net
+        self.cpd_net = cpd_net
+
+    def prior(self, shape: ShapeLike) -> td.Distribution:
+        """p(z) with batch_shape ``shape`` and event_shape ``(K,)``."""
+        return self.prior_net(shape)
+
+    def obs_model(self, z: Tensor) -> td.Distribution:
+        """p(x|z) with batch_shape ``z``'s batch shape and event_shape the image shape."""
+        return self.cpd_net(z)
+
+
 class VAEModelView(nn.Module):
     """A :class:`VAE` with the interface of :class:`~dpm_core.nvil.NVIL`'s parts.
 
-    ``gen_model`` is a :class:`~dpm_core.joint.JointDistribution` of the fixed
-    N(0, I) prior and the VAE's Bernoulli decoder; ``inf_model(x)`` is the
+    ``gen_model`` holds the fixed N(0, I) prior and the VAE's Bernoulli decoder, with the
+    ``prior``/``obs_model`` interface of a :class:`~dpm_core.joint.JointDistribution`; ``inf_model(x)`` is the
     diagonal Gaussian q(z|x) of its encoder. Images go in and come out with shape
     ``batch_shape + image_shape``; the VAE itself works on flat vectors.
 
@@ -176,8 +211,5 @@ class VAEModelView(nn.Module):
         if math.prod(image_shape) != vae.input_dim:
             raise ValueError(f"image_shape {image_shape} holds {math.prod(image_shape)} pixels, but "
                              f"the VAE takes {vae.input_dim}; pass the shape its images have")
-        self.gen_model = JointDistribution(GaussianPriorNet(vae.z_dim),
-                                           _VAEObservation(vae, image_shape))
+        self.gen_model = _VAEJoint(_VAEPrior(vae), _VAEObservation(vae, image_shape))
         self.inf_model = _VAEPosterior(vae, image_shape)
-        # the prior's buffers follow the VAE
-        self.gen_model.prior_net.to(next(vae.parameters()).device)

@@ -441,6 +441,10 @@ def check_loss_batch(ns: dict) -> None:
                                      f"per image, then average over the images")
             each = torch.stack([_as_loss(loss_func(r[i:i + 1], x[i:i + 1], mu[i:i + 1],
                                                    lv[i:i + 1])).reshape(()) for i in range(N)])
+            expect(bool(torch.isfinite(each).all()),
+                   "loss_func returned inf or NaN for finite inputs")
+            expect(bool(each.std() > 0), "loss_func gives the same loss for every image: it "
+                                         "must compute it from recon_x, x, mu and logvar")
             if not torch.allclose(got, each.mean(), rtol=1e-4, atol=1e-4):
                 if torch.allclose(got, each.sum(), rtol=1e-4, atol=1e-4):
                     raise AssertionError(
