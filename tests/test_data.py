@@ -1,4 +1,4 @@
-"""Tests for dpm_core/data.py: IDX files, file discovery, ImageData, load_data, Binarizer.
+"""Tests for dpm_core/data/: IDX files, file discovery, ImageData, load_data, Binarizer.
 
 Most tests run on tiny IDX files written here: 12 training and 5 test images of 4x5
 pixels. Pixel ``p`` of image ``i`` is ``(i * 20 + p) * 11 % 256`` (so every image differs and
@@ -332,7 +332,7 @@ def test_missing_mnist_does_not_suggest_apt(isolated):
 
 def test_failed_download_is_reported(isolated, monkeypatch):
     """Does a failing download fall through to the RuntimeError, with its reason?"""
-    import dpm_core.data as data_module
+    import dpm_core.data.files as data_module
 
     def fail(name, root):
         raise OSError("no network here")
@@ -344,7 +344,7 @@ def test_failed_download_is_reported(isolated, monkeypatch):
 
 def test_download_result_is_used(isolated, monkeypatch):
     """After a successful download into ./data, are the downloaded files returned?"""
-    import dpm_core.data as data_module
+    import dpm_core.data.files as data_module
 
     calls = []
 

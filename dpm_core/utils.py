@@ -1,0 +1,145 @@
+"""Argument checks and model helpers shared by the modules of dpm_core.
+
+Each check takes the argument's name first and its value second, raises ``ValueError``
+that names the argument, says what was expected and what was got
+(``"num_components must be a positive int, got 0"``), as ``torch.distributions`` does,
+and returns the value in its canonical type (``int``, ``float``).
+
+Example:
+    >>> positive_int("num_components", 3)
+    3
+    >>> positive_int("num_components", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_components must be a positive int, got 0
+"""
+
+from __future__ import annotations
+
+import numbers
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "positive_int",
+    "positive_ints",
+    "non_negative_int",
+    "positive_number",
+    "probability",
+    "one_of",
+    "index",
+    "batch_of",
+    "model_device",
+    "evaluating",
+]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int to Python, but True is never meant as a size
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value: Any, *, or_none: bool = False) -> Optional[int]:
+    """``value`` as an int >= 1 (``None`` passes through where ``or_none``)."""
+    if or_none and value is None:
+        return None
+    if not _is_int(value) or value <= 0:
+        expected = "a positive int or None" if or_none else "a positive int"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def positive_ints(**sizes: Any) -> None:
+    """Check that every keyword argument is a positive int (see :func:`positive_int`)."""
+    for name, value in sizes.items():
+        positive_int(name, value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 0."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def positive_number(name: str, value: Any) -> float:
+    """``value`` as a float > 0 (a positive scale, bound or range)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return number
+
+
+def probability(name: str, value: Any, *, include_one: bool = True) -> float:
+    """``value`` as a float in [0, 1], or in [0, 1) where ``include_one`` is False (dropout)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and (0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0)
+    if not ok:
+        interval = "[0, 1]" if include_one else "[0, 1)"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def index(name: str, value: Any, n: int, what: str = "items") -> int:
+    """``value`` as an index into ``n`` things (``what`` names them in the message)."""
+    if not _is_int(value) or not 0 <= value < n:
+        raise ValueError(f"{name} must be an index in 0..{n - 1} (one of the {n} {what}), "
+                         f"got {value!r}")
+    return int(value)
+
+
+def batch_of(name: str, x: Any, event_shape: tuple, batch: str = "B",
+             min_size: int = 0) -> Tensor:
+    """``x`` if it is a tensor ``[batch] + event_shape`` (the model's data shape).
+
+    Args:
+        name: the argument's name.
+        x: the value.
+        event_shape: the shape of one item.
+        batch: the letter of the batch dimension in the message (``B`` a batch,
+            ``N`` a data set).
+        min_size: the fewest items x may hold.
+    """
+    expected = f"[{batch}] + {list(event_shape)}"
+    if not torch.is_tensor(x):
+        raise ValueError(f"{name} must be a tensor {expected}, got {type(x).__name__}")
+    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape) \
+            or x.shape[0] < min_size:
+        least = f" with {batch} >= {min_size}" if min_size else ""
+        raise ValueError(f"{name} must have shape {expected} (the model's data shape){least}, "
+                         f"got {list(x.shape)}")
+    return x
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for an empty one."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` under ``torch.no_grad()``; the model's previous mode comes back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
