@@ -47,7 +47,7 @@ RARE_FAILURES = {"cv-variance-tests": 2 if FULL else 0}
 #: in the default run, a mistake's test runs the other checks that could fail because of it when
 #: they take at most this long on the reference (seconds); the full run runs every check after
 #: the mistake's cell, the slow gradient and variance checks included
-DOWNSTREAM_CHECK_S = 0.3
+DOWNSTREAM_CHECK_S = 0.1
 CHECK_IDS = [(a, g) for a in ASSIGNMENTS for g in checks(a)]
 
 
