@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: main test setup pipeline reference lab sync-checks handout solutions
+.PHONY: main test setup pipeline reference lab roster sync-checks handout solutions
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,12 @@ reference: setup
 ## lab: JupyterLab with the nbgrader and widgets extensions
 lab: setup
 	.venv/bin/jupyter lab
+
+## roster: load the class roster into course/gradebook.db: make roster CSV=students.csv [ARGS=--root DIR]
+##         (columns id, first_name, last_name, email; nothing is written unless every row is good)
+roster: setup
+	@test -n "$(CSV)" || { echo 'name the roster file: make roster CSV=students.csv'; exit 2; }
+	$(PY) -m course.roster "$(CSV)" $(ARGS)
 
 ## handout: what students receive (not the repository): make handout OPEN="vae_basics" [RELEASE=...] [OUT=handout]
 ##          the release notebooks of OPEN, dpm_core with the graded references withheld, the
