@@ -28,9 +28,9 @@ sync-checks:
 reference: setup
 	$(PY) -m dpm_core.reference $(ARGS)
 
-## lab: JupyterLab with the nbgrader and widgets extensions
+## lab: JupyterLab with the nbgrader and widgets extensions, on 127.0.0.1 (as root too)
 lab: setup
-	.venv/bin/jupyter lab
+	bash scripts/lab.sh $(ARGS)
 
 ## roster: load the class roster into course/gradebook.db: make roster CSV=students.csv [ARGS=--root DIR]
 ##         (columns id, first_name, last_name, email; nothing is written unless every row is good)
