@@ -126,6 +126,8 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
         raise RosterError([f"{path}: no such file"]) from None
     except IsADirectoryError:
         raise RosterError([f"{path}: is a folder, not a CSV file"]) from None
+    except OSError as err:
+        raise RosterError([f"{path}: cannot read it: {err.strerror}"]) from None
     except UnicodeDecodeError as err:
         raise RosterError([f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at "
                            f"offset {err.start}); save the file as UTF-8 CSV"]) from None
