@@ -154,13 +154,14 @@ class _Graph:
 
 def _graph(package: Path) -> _Graph:
     g = _Graph()
-    for path in sorted(package.glob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         module = _module_name(path, package)
         tree = ast.parse(path.read_text())
         scope = g.scope.setdefault(module, {})
         for stmt in tree.body:
             if isinstance(stmt, ast.ImportFrom) and stmt.level:
                 base = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+                base = base.rsplit(".", stmt.level - 1)[0] if stmt.level > 1 else base
                 source = base + (f".{stmt.module}" if stmt.module else "")
                 for alias in stmt.names:
                     scope[alias.asname or alias.name] = (
@@ -435,11 +436,13 @@ def _student_pyproject(repo: Path) -> str:
 
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
     deps = "".join(f"    {json.dumps(d)},\n" for d in project["dependencies"])
+    packages = ", ".join(f'"{_module_name(init.parent, repo / PACKAGE)}"'
+                         for init in sorted((repo / PACKAGE).rglob("__init__.py")))
     return (f'[build-system]\nrequires = ["setuptools>=77"]\nbuild-backend = "setuptools.build_meta"\n\n'
             f'[project]\nname = "{STUDENT_DIST}"\nversion = "{project["version"]}"\n'
             f'description = "dpm_core for the students of the course (graded references withheld)"\n'
             f'readme = "README.md"\nrequires-python = "{project["requires-python"]}"\n'
-            f'dependencies = [\n{deps}]\n\n[tool.setuptools]\npackages = ["{PACKAGE}"]\n')
+            f'dependencies = [\n{deps}]\n\n[tool.setuptools]\npackages = [{packages}]\n')
 
 
 def _readme(stage: Stage, repo: Path) -> str:
@@ -487,9 +490,11 @@ def build(out: Path, open_: list, release: list | None = None, ship: tuple = (),
     _clear(out)
     package = out / PACKAGE
     package.mkdir(parents=True)
-    for path in sorted((repo / PACKAGE).glob("*.py")):
+    for path in sorted((repo / PACKAGE).rglob("*.py")):
         module = _module_name(path, repo / PACKAGE)
-        (package / path.name).write_text(withhold_source(path.read_text(), module, stage.withheld))
+        target = package / path.relative_to(repo / PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(withhold_source(path.read_text(), module, stage.withheld))
     assignments = {a["name"]: a for a in course_order(repo)}
     for name in stage.open:
         (out / "assignments" / name).mkdir(parents=True)

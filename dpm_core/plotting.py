@@ -16,9 +16,8 @@ evaluation mode and give it back in the mode they found it in.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,6 +26,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor, nn
+
+from .utils import batch_of, evaluating, model_device, non_negative_int, positive_int
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -38,6 +39,7 @@ __all__ = [
     "plot_latent_scatter",
     "plot_latent_grid",
     "plot_prior_samples_hist",
+    "as_images",
 ]
 
 #: The FashionMNIST class names, indexed by label 0..9.
@@ -60,19 +62,7 @@ _GRID_PADDING = 2
 _PAD_VALUE = 1.0
 
 
-# ----------------------------------------------------------------------------- checks
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(value)
-
+# ----------------------------------------------------------------------------- helpers
 
 def _to_numpy(values, name: str) -> np.ndarray:
     if torch.is_tensor(values):
@@ -82,19 +72,11 @@ def _to_numpy(values, name: str) -> np.ndarray:
     raise ValueError(f"{name} must be a tensor or an array, got {type(values).__name__}")
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _data_shape(model: nn.Module) -> tuple:
     return tuple(model.gen_model.cpd_net.outcome_shape)
 
 
-def _as_images(x: Tensor, data_shape: tuple) -> Tensor:
+def as_images(x: Tensor, data_shape: tuple) -> Tensor:
     """Reshape draws with shape ``batch_shape + data_shape`` into images ``[N, C, H, W]``."""
     if len(data_shape) == 3:
         image_shape = data_shape
@@ -107,26 +89,6 @@ def _as_images(x: Tensor, data_shape: tuple) -> Tensor:
         raise ValueError(f"the model's data shape must be (C, H, W), (H, W) or (H * H,) to be "
                          f"shown as images, got {data_shape}")
     return x.reshape((-1,) + image_shape)
-
-
-def _check_observations(x: Tensor, data_shape: tuple) -> None:
-    if not torch.is_tensor(x):
-        raise ValueError(f"x must be a tensor [B] + {list(data_shape)}, got {type(x).__name__}")
-    if x.dim() != len(data_shape) + 1 or tuple(x.shape[1:]) != data_shape:
-        raise ValueError(f"x must have shape [B] + {list(data_shape)} (the model's data shape), "
-                         f"got {list(x.shape)}")
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """``model.eval()`` under ``torch.no_grad()``; the model's previous mode comes back after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
 
 
 # ----------------------------------------------------------------------------- images
@@ -159,8 +121,8 @@ def image_grid(images: Tensor, nrow: int = 16, padding: int = 2,
         >>> image_grid(torch.rand(20, 1, 28, 28), nrow=8).shape
         (92, 242, 3)
     """
-    nrow = _check_positive_int(nrow, "nrow")
-    padding = _check_non_negative_int(padding, "padding")
+    nrow = positive_int("nrow", nrow)
+    padding = non_negative_int("padding", padding)
     if not 0.0 <= float(pad_value) <= 1.0:
         raise ValueError(f"pad_value must be in [0, 1], got {pad_value!r}")
     if not torch.is_tensor(images):
@@ -282,7 +244,7 @@ def plot_training_curves(log: Mapping[str, object],
         raise ValueError(f"log must be a dict from '<split>.<metric>' to (step, value) lists, "
                          f"got {type(log).__name__}")
     if smoothing is not None:
-        _check_non_negative_int(smoothing, "smoothing")
+        non_negative_int("smoothing", smoothing)
     curves = {key: value for key, value in log.items()
               if isinstance(value, (list, tuple)) and len(value) > 0}
     # pathwise training logs a control-variate loss of exactly 0: nothing to look at
@@ -368,20 +330,20 @@ def inspect_lvm(model: nn.Module, x: Tensor, num_prior: int = 16, prior_draws: i
         ValueError: if ``x`` does not have the model's data shape, or a count is
             not a positive int.
     """
-    num_prior = _check_positive_int(num_prior, "num_prior")
-    prior_draws = _check_positive_int(prior_draws, "prior_draws")
+    num_prior = positive_int("num_prior", num_prior)
+    prior_draws = positive_int("prior_draws", prior_draws)
     data_shape = _data_shape(model)
-    _check_observations(x, data_shape)
-    device = torch.device(device) if device is not None else _model_device(model)
+    batch_of("x", x, data_shape)
+    device = torch.device(device) if device is not None else model_device(model)
     x = x.to(device)
-    with _evaluating(model):
+    with evaluating(model):
         prior = model.sample(num_prior, prior_draws, oversample=True)  # [S, B] + data_shape
         cond = model.cond_sample(x)  # [B] + data_shape
         recon = model.gen_model.obs_model(model.inf_model(x).mean).mean  # [B] + data_shape
-    grids = [image_grid(_as_images(prior, data_shape), nrow=num_prior),
-             image_grid(_as_images(x, data_shape)),
-             image_grid(_as_images(cond, data_shape)),
-             image_grid(_as_images(recon, data_shape))]
+    grids = [image_grid(as_images(prior, data_shape), nrow=num_prior),
+             image_grid(as_images(x, data_shape)),
+             image_grid(as_images(cond, data_shape)),
+             image_grid(as_images(recon, data_shape))]
     titles = [f"prior samples: {num_prior} codes z ~ p(z) (columns), "
               f"{prior_draws} draws x ~ p(x|z) each (rows)",
               "observations x",
@@ -412,18 +374,18 @@ def save_samples_and_reconstructions(model: nn.Module, x: Tensor, path: Union[st
         ValueError: if ``x`` does not have the model's data shape or
             ``num_samples`` is not a positive int.
     """
-    num_samples = _check_positive_int(num_samples, "num_samples")
+    num_samples = positive_int("num_samples", num_samples)
     data_shape = _data_shape(model)
-    _check_observations(x, data_shape)
+    batch_of("x", x, data_shape)
     path = Path(path)
-    x = x.to(_model_device(model))
-    with _evaluating(model):
+    x = x.to(model_device(model))
+    with evaluating(model):
         z = model.gen_model.prior((num_samples,)).sample()  # [N, K]
         samples = model.gen_model.obs_model(z).mean  # [N] + data_shape
         recon = model.gen_model.obs_model(model.inf_model(x).mean).mean  # [B] + data_shape
-    grids = [image_grid(_as_images(samples, data_shape)),
-             image_grid(_as_images(x, data_shape)),
-             image_grid(_as_images(recon, data_shape))]
+    grids = [image_grid(as_images(samples, data_shape)),
+             image_grid(as_images(x, data_shape)),
+             image_grid(as_images(recon, data_shape))]
     titles = ["prior samples: decoder mean E[x|z], z ~ p(z)",
               "test images x",
               "reconstructions: E[x|z] at z = mean of q(z|x)"]
@@ -544,7 +506,7 @@ def plot_latent_grid(model: nn.Module, z_range: tuple = (-3, 3), steps: int = 15
         ValueError: if ``steps`` is not a positive int, ``z_range`` is not
             increasing, or ``dims`` are not two different coordinates of the latent.
     """
-    steps = _check_positive_int(steps, "steps")
+    steps = positive_int("steps", steps)
     z_range = tuple(z_range)
     if len(z_range) != 2 or not float(z_range[0]) < float(z_range[1]):
         raise ValueError(f"z_range must be (low, high) with low < high, got {z_range}")
@@ -567,9 +529,9 @@ def plot_latent_grid(model: nn.Module, z_range: tuple = (-3, 3), steps: int = 15
     z = torch.zeros(steps * steps, K)
     z[:, d0] = cols.reshape(-1)
     z[:, d1] = rows.reshape(-1)
-    with _evaluating(model):
-        means = model.gen_model.obs_model(z.to(_model_device(model))).mean  # [N] + data_shape
-    images = _as_images(means, data_shape)
+    with evaluating(model):
+        means = model.gen_model.obs_model(z.to(model_device(model))).mean  # [N] + data_shape
+    images = as_images(means, data_shape)
     height, width = images.shape[-2:]
     grid = image_grid(images, nrow=steps, padding=_GRID_PADDING, pad_value=_PAD_VALUE)
 
@@ -619,8 +581,8 @@ def plot_prior_samples_hist(prior_net: nn.Module, num_samples: int = 5000,
     Example:
         >>> fig = plot_prior_samples_hist(MoGPriorNet(2, num_components=3))
     """
-    num_samples = _check_positive_int(num_samples, "num_samples")
-    max_dims = _check_positive_int(max_dims, "max_dims")
+    num_samples = positive_int("num_samples", num_samples)
+    max_dims = positive_int("max_dims", max_dims)
     with torch.no_grad():
         z = prior_net((num_samples,)).sample()
     z = z.reshape(num_samples, -1).cpu().numpy()  # [N, K]

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import numbers
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "ShapeLike",
+    "as_shape",
+    "positive_shape",
     "positive_int",
     "positive_ints",
     "non_negative_int",
@@ -35,6 +38,9 @@ __all__ = [
     "model_device",
     "evaluating",
 ]
+
+
+ShapeLike = Union[int, Sequence[int], torch.Size]
 
 
 def _is_int(value: Any) -> bool:
@@ -122,6 +128,44 @@ def batch_of(name: str, x: Any, event_shape: tuple, batch: str = "B",
         raise ValueError(f"{name} must have shape {expected} (the model's data shape){least}, "
                          f"got {list(x.shape)}")
     return x
+
+
+def as_shape(name: str, shape: ShapeLike, allow_empty: bool = True) -> tuple:
+    """Turn an int or a sequence of ints into a tuple, checking every entry.
+
+    Args:
+        name: the argument's name, for the error message.
+        shape: an int ``k`` (read as ``(k,)``), a tuple/list of ints or a ``torch.Size``.
+        allow_empty: whether ``()`` is acceptable.
+
+    Returns:
+        The shape as a tuple of ints.
+
+    Raises:
+        ValueError: if an entry is not a non-negative int.
+    """
+    if isinstance(shape, bool):
+        raise ValueError(f"{name} must be an int or a tuple of ints, got {shape!r}")
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a tuple of ints, got {shape!r}") from None
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"{name} must contain non-negative ints, got {shape!r}")
+    if not shape and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    return shape
+
+
+def positive_shape(name: str, shape: ShapeLike) -> tuple:
+    """:func:`as_shape` for the shape of one outcome: not empty, every entry positive."""
+    shape = as_shape(name, shape, allow_empty=False)
+    if any(s == 0 for s in shape):
+        raise ValueError(f"{name} must contain positive ints, got {shape!r}")
+    return shape
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 ORDER = [a["name"] for a in handout.course_order()]
 MIN_LENGTH = 25
 WITHHELD_WORDS = "is the answer to an exercise of"
-ALLOWED = re.compile(r"README\.md|pyproject\.toml|environment\.yml|dpm_core/\w+\.py|"
+ALLOWED = re.compile(r"README\.md|pyproject\.toml|environment\.yml|dpm_core/(?:\w+/)?\w+\.py|"
                      r"(assignments|solutions)/(\w+)/\2\.ipynb")
 
 

@@ -441,7 +441,7 @@ def test_static_fallback_while_grading(make_view, K, monkeypatch):
 
 def test_live_display_carries_the_widget_and_the_fallback(monkeypatch):
     """With a widget front end, does the display hold the container's view and the static PNG?"""
-    monkeypatch.setattr(widgets, "_live_widgets_possible", lambda: True)
+    monkeypatch.setattr(widgets.view, "live_widgets_possible", lambda: True)
     explorer = LatentExplorer(make_model(2), *make_data())
     bundle = explorer._repr_mimebundle_()
     assert bundle[WIDGET_VIEW]["model_id"] == explorer.widget.model_id
@@ -450,7 +450,7 @@ def test_live_display_carries_the_widget_and_the_fallback(monkeypatch):
 
 def test_no_kernel_means_static():
     """Outside a kernel (here, pytest), is no widget front end assumed?"""
-    assert not widgets._live_widgets_possible()
+    assert not widgets.ui.live_widgets_possible()
 
 
 # ----------------------------------------------------------------------------- notebooks

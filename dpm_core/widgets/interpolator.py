@@ -1,0 +1,269 @@
+"""The interpolator: walk between the codes of two test images (straight or spherical)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from ..plotting import image_grid
+from ..utils import index, one_of, positive_int
+from .geometry import PATH_FNS, PATHS, nearest
+from .render import MARKER_COLOUR, PATH_COLOUR, SAMPLE_COLOUR, STATIC_DPI, grid_png
+from .ui import Pad, caption, header, ipywidgets
+from .view import ImagesLike, LatentView
+
+__all__ = ["Interpolator"]
+
+
+class Interpolator(LatentView):
+    """Walk from one test image's code to another's and decode along the way.
+
+    With z_A and z_B the means of q(z|x_A) and q(z|x_B), a slider t in [0, 1]
+    moves along the straight line :func:`lerp` or the spherical path :func:`slerp`;
+    the image shows the decoder mean E[x|z(t)], a strip below it the path at nine
+    points, and the pad the path among the test codes. Clicking on the pad picks
+    the nearest test image as the next end (A, then B, then A, ...).
+
+    Args:
+        model: the model.
+        x: test images ``[N, C, H, W]`` or an :class:`ImageData` (N >= 2).
+        labels: class labels, for colours and captions (optional).
+        class_names: names of the labels.
+        i: index of image A (default 0).
+        j: index of image B (default: the first image of another class than A, else 1).
+        steps: images in the strip along the path.
+        Other arguments as for :class:`LatentExplorer`.
+
+    Example:
+        >>> view = Interpolator(model, test_x, test_y)
+        >>> view.set_t(0.5)
+        >>> view.image.shape
+        torch.Size([1, 28, 28])
+    """
+
+    def __init__(self, model: nn.Module, x: ImagesLike, labels=None,
+                 class_names: Optional[Sequence[str]] = None, i: int = 0,
+                 j: Optional[int] = None, steps: int = 9,
+                 device: Optional[Union[str, torch.device]] = None, num_points: int = 2000,
+                 z_range: float = 3.0, image_size: int = 196):
+        if x is None:
+            raise ValueError("x must hold test images to interpolate between, got None")
+        super().__init__(model, x, labels, class_names, device, num_points, z_range, image_size)
+        n = self.codes.shape[0]
+        if n < 2:
+            raise ValueError(f"x must hold at least 2 images, got {n}")
+        self.steps = positive_int("steps", steps)
+        if j is None:
+            i = index("i", i, n, "images")
+            others = [] if self.labels is None else \
+                (self.labels != self.labels[i]).nonzero().flatten().tolist()
+            j = others[0] if others else (i + 1) % n
+        self._i, self._j, self._t, self._path = 0, 1, 0.5, "linear"
+        self._next_end = 0
+        self.select(i, j)
+
+    @property
+    def i(self) -> int:
+        """Index of image A."""
+        return self._i
+
+    @property
+    def j(self) -> int:
+        """Index of image B."""
+        return self._j
+
+    @property
+    def t(self) -> float:
+        """Where on the path: 0 at A, 1 at B."""
+        return self._t
+
+    @property
+    def path(self) -> str:
+        """``"linear"`` or ``"spherical"``."""
+        return self._path
+
+    def path_codes(self, steps: Optional[int] = None) -> Tensor:
+        """Codes ``[T, K]`` at ``steps`` evenly spaced t from 0 to 1 along the path."""
+        t = torch.linspace(0.0, 1.0, steps or self.steps)
+        return PATH_FNS[self._path](self._z_a, self._z_b, t)
+
+    def select(self, i: int, j: int) -> None:
+        """Interpolate between test images i (A) and j (B)."""
+        n = self.codes.shape[0]
+        self._i, self._j = index("i", i, n, "images"), index("j", j, n, "images")
+        self._z_a, self._z_b = self.codes[self._i], self.codes[self._j]
+        self._render(strip=True)
+
+    def set_t(self, t: float) -> None:
+        """Move to the point t of the path (0: A, 1: B)."""
+        t = float(t)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"t must be in [0, 1], got {t}")
+        self._t = t
+        self._render()
+
+    def set_path(self, path: str) -> None:
+        """Follow the straight line (``"linear"``) or the spherical path (``"spherical"``)."""
+        self._path = one_of("path", path, PATHS)
+        self._render(strip=True)
+
+    def pick(self, point_xy) -> None:
+        """Make the test image whose code is nearest to a pad point the next end (A, B, A, ...)."""
+        uv = self._point(point_xy)
+        closest = nearest(self.plane.project(self.codes), uv)
+        if self._next_end == 0:
+            self.select(closest, self._j)
+        else:
+            self.select(self._i, closest)
+        self._next_end = 1 - self._next_end
+
+    def random_pair(self, generator: Optional[torch.Generator] = None) -> None:
+        """Pick two different test images at random."""
+        i, j = torch.randperm(self.codes.shape[0], generator=generator)[:2].tolist()
+        self.select(i, j)
+
+    def _render(self, strip: bool = False) -> None:
+        self._z = PATH_FNS[self._path](self._z_a, self._z_b, self._t)
+        self._show(self.decode(self._z[None])[0])
+        if strip:
+            self._strip = self.decode(self.path_codes())  # [T, C, H, W]
+        if self._widget is not None:
+            self._sync(full=strip)
+
+    # widgets
+    def _build(self):
+        w = ipywidgets()
+
+        self._decoded = self._image_widget("dpm-decoded")
+        thumb = max(1, self.scale // 2) * self.image_shape[-1]
+        self._thumb_a = self._image_widget("dpm-image-a", thumb)
+        self._thumb_b = self._image_widget("dpm-image-b", thumb)
+        self._caption_a, self._caption_b = caption(""), caption("")
+        self._caption_t = caption("")
+        n = self.codes.shape[0]
+        self._index_a = w.BoundedIntText(min=0, max=n - 1, description="A: image",
+                                         layout=w.Layout(width="150px"),
+                                         style={"description_width": "60px"})
+        self._index_b = w.BoundedIntText(min=0, max=n - 1, description="B: image",
+                                         layout=w.Layout(width="150px"),
+                                         style={"description_width": "60px"})
+        for box in (self._index_a, self._index_b):
+            box.observe(self._from_user(lambda _: self.select(self._index_a.value,
+                                                             self._index_b.value)),
+                        names="value")
+        shuffle = w.Button(description="random pair", icon="random", layout=w.Layout(width="120px"))
+        shuffle.on_click(lambda _: self.random_pair())
+        self._t_slider = w.FloatSlider(min=0.0, max=1.0, step=0.01, description="t",
+                                       continuous_update=True, readout_format=".2f",
+                                       layout=w.Layout(width="420px"),
+                                       style={"description_width": "20px"})
+        self._t_slider.add_class("dpm-t")
+        self._t_slider.observe(self._from_user(lambda change: self.set_t(change["new"])),
+                               names="value")
+        self._path_buttons = w.ToggleButtons(
+            options=[("straight line", "linear"), ("spherical (slerp)", "spherical")],
+            style={"button_width": "130px"},
+            tooltips=["(1 - t) z_A + t z_B", "along the great circle between z_A and z_B"])
+        self._path_buttons.observe(self._from_user(lambda change: self.set_path(change["new"])),
+                                   names="value")
+        self._strip_image = w.Image(format="png")
+        self._strip_image.add_class("dpm-strip")
+
+        def column(image, caption):
+            return w.VBox([image, caption], layout=w.Layout(align_items="center"))
+
+        images = w.HBox([column(self._thumb_a, self._caption_a),
+                         column(self._decoded, self._caption_t),
+                         column(self._thumb_b, self._caption_b)],
+                        layout=w.Layout(align_items="center", justify_content="space-around"))
+        right = w.VBox([images, self._t_slider, self._path_buttons,
+                        w.HBox([self._index_a, self._index_b, shuffle]),
+                        caption("the path at 9 points, A to B"), self._strip_image],
+                       layout=w.Layout(margin="0 0 0 12px", align_items="center"))
+        self._pad = Pad(self._draw_pad, self.pick, legend_outside=self.labels is not None)
+        pad_hint = "click on the plot to pick A, then B" if self._pad.canvas else \
+            "type image numbers"
+        return w.VBox([header("Interpolation in latent space",
+                               f"from z_A to z_B, the means of q(z|x) for two test images · "
+                               f"{pad_hint}"),
+                       w.HBox([self._pad.widget, right],
+                              layout=w.Layout(align_items="flex-start"))])
+
+    def _draw_pad(self, ax: Axes) -> list:
+        self._draw_codes(ax, alpha=0.35)
+        (self._path_line,) = ax.plot([], [], color=PATH_COLOUR, lw=2.0, zorder=4)
+        (self._ends,) = ax.plot([], [], ls="none", marker="s", ms=8, mfc="white",
+                                mec=PATH_COLOUR, mew=2, zorder=5)
+        (self._marker,) = ax.plot([], [], marker="o", ms=12, mfc=MARKER_COLOUR, mec="white",
+                                  mew=1.5, ls="none", zorder=6)
+        self._label_a = ax.annotate("A", (0, 0), xytext=(6, 6), textcoords="offset points",
+                                    fontweight="bold", zorder=7)
+        self._label_b = ax.annotate("B", (0, 0), xytext=(6, 6), textcoords="offset points",
+                                    fontweight="bold", zorder=7)
+        ax.set_title("test codes: the path from A to B", fontsize=11)
+        return [self._path_line, self._ends, self._marker, self._label_a, self._label_b]
+
+    def _sync(self, full: bool = True) -> None:
+        with self._mirroring():
+            if not full:  # only t moved
+                with self._widget.hold_sync():
+                    self._decoded.value = self._png
+                    self._caption_t.value = f"E[x|z(t)] at t = {self._t:.2f}"
+                    self._t_slider.value = self._t
+                u, v = self.plane.project(self._z).tolist()
+                self._marker.set_data([u], [v])
+                self._pad.refresh()
+                return
+            with self._widget.hold_sync():
+                self._decoded.value = self._png
+                self._thumb_a.value = self._thumbnail_png(self._i)
+                self._thumb_b.value = self._thumbnail_png(self._j)
+                self._caption_a.value = f"<b>A</b> {self._label_text(self._i)}"
+                self._caption_b.value = f"<b>B</b> {self._label_text(self._j)}"
+                self._caption_t.value = f"E[x|z(t)] at t = {self._t:.2f}"
+                self._index_a.value, self._index_b.value = self._i, self._j
+                self._t_slider.value = self._t
+                self._path_buttons.value = self._path
+                self._strip_image.value = grid_png(self._strip, nrow=self.steps, width=560)
+            line = self.plane.project(self.path_codes(64))  # [64, 2]
+            self._path_line.set_data(line[:, 0], line[:, 1])
+            ends = self.plane.project(torch.stack([self._z_a, self._z_b]))
+            self._ends.set_data(ends[:, 0], ends[:, 1])
+            self._label_a.xy, self._label_b.xy = tuple(ends[0].tolist()), tuple(ends[1].tolist())
+            u, v = self.plane.project(self._z).tolist()
+            self._marker.set_data([u], [v])
+            self._pad.refresh()
+
+    def static_figure(self) -> Figure:
+        """The two images, both paths decoded at ``steps`` points, and the paths in the plane."""
+        fig = Figure(figsize=(11.5, 4.6), dpi=STATIC_DPI, layout="constrained")
+        ax_pad, ax_rows = fig.subplots(1, 2, width_ratios=[1, 1.5])
+        self._draw_codes(ax_pad, alpha=0.35, legend=False)
+        rows, lines = [], []
+        for path, colour in zip(PATHS, (PATH_COLOUR, SAMPLE_COLOUR)):
+            codes = PATH_FNS[path](self._z_a, self._z_b, torch.linspace(0, 1, 64))
+            uv = self.plane.project(codes)
+            lines += ax_pad.plot(uv[:, 0], uv[:, 1], color=colour, lw=2, label=path)
+            rows.append(self.decode(PATH_FNS[path](self._z_a, self._z_b,
+                                                    torch.linspace(0, 1, self.steps))))
+        ends = self.plane.project(torch.stack([self._z_a, self._z_b]))
+        for name, (u, v) in zip("AB", ends.tolist()):
+            ax_pad.annotate(name, (u, v), xytext=(5, 5), textcoords="offset points",
+                            fontweight="bold")
+        ax_pad.legend(handles=lines, loc="best", fontsize="small")
+        ax_pad.set_title("paths between the codes of A and B")
+        originals = self.x[[self._i, self._j]].reshape((2,) + self.image_shape).float().cpu()
+        blank = torch.ones((1,) + self.image_shape)
+        images = torch.cat([originals[:1], blank, rows[0], blank, originals[1:],
+                            originals[:1], blank, rows[1], blank, originals[1:]])
+        ax_rows.imshow(image_grid(images, nrow=self.steps + 4), interpolation="nearest")
+        ax_rows.set_axis_off()
+        ax_rows.set_title(f"A {self._label_text(self._i)} → B {self._label_text(self._j)}: "
+                          f"straight line (top), spherical (bottom)")
+        fig.suptitle("Interpolation (static view)")
+        return fig
+
