@@ -15,8 +15,8 @@ import math
 import torch.distributions as td
 from torch import Tensor, nn
 
-from .networks import ReshapeLast, _positive_int, _positive_ints, _probability, build_ffnn_decoder
-from .priors import ShapeLike, _outcome_shape
+from .networks import ReshapeLast, build_ffnn_decoder
+from .utils import ShapeLike, positive_int, positive_ints, positive_shape, probability
 
 __all__ = [
     "CPDNet",
@@ -36,7 +36,7 @@ class CPDNet(nn.Module):
 
     def __init__(self, outcome_shape: ShapeLike):
         super().__init__()
-        self.outcome_shape = _outcome_shape(outcome_shape)
+        self.outcome_shape = positive_shape("outcome_shape", outcome_shape)
 
     def forward(self, inputs: Tensor) -> td.Distribution:
         """Return the distribution predicted from ``inputs`` (shape ``batch_shape + input_shape``)."""
@@ -46,7 +46,7 @@ class CPDNet(nn.Module):
 def _hidden_encoder(num_inputs: int, hidden_size: int | None, p_drop: float) -> tuple[nn.Module, int]:
     """An optional ReLU hidden layer in front of the parameter heads."""
     if hidden_size is not None and hidden_size != 0:
-        _positive_int("hidden_size", hidden_size)
+        positive_int("hidden_size", hidden_size)
     if hidden_size:
         return nn.Sequential(nn.Dropout(p_drop), nn.Linear(num_inputs, hidden_size), nn.ReLU()), hidden_size
     return nn.Identity(), num_inputs
@@ -67,8 +67,8 @@ class GaussianCPDNet(CPDNet):
     def __init__(self, outcome_shape: ShapeLike, num_inputs: int,
                  hidden_size: int | None = None, p_drop: float = 0.0):
         super().__init__(outcome_shape)
-        _positive_int("num_inputs", num_inputs)
-        p_drop = _probability("p_drop", p_drop)
+        positive_int("num_inputs", num_inputs)
+        p_drop = probability("p_drop", p_drop, include_one=False)
         num_outputs = math.prod(self.outcome_shape)
         self.encoder, hidden = _hidden_encoder(num_inputs, hidden_size, p_drop)
         self.locs = nn.Sequential(
@@ -101,9 +101,9 @@ class MoGCPDNet(CPDNet):
     def __init__(self, outcome_shape: ShapeLike, num_inputs: int, hidden_size: int | None = None,
                  p_drop: float = 0.0, num_components: int = 2):
         super().__init__(outcome_shape)
-        _positive_int("num_inputs", num_inputs)
-        _positive_int("num_components", num_components)
-        p_drop = _probability("p_drop", p_drop)
+        positive_int("num_inputs", num_inputs)
+        positive_int("num_components", num_components)
+        p_drop = probability("p_drop", p_drop, include_one=False)
         self.num_components = num_components
         num_outputs = num_components * math.prod(self.outcome_shape)
         comp_shape = (num_components,) + self.outcome_shape
@@ -131,7 +131,7 @@ class _ImageModel(CPDNet):
 
     def __init__(self, num_channels: int, width: int, height: int, latent_size: int,
                  decoder_type: Callable[..., nn.Module] = build_ffnn_decoder, p_drop: float = 0.0):
-        _positive_ints(num_channels=num_channels, width=width,
+        positive_ints(num_channels=num_channels, width=width,
                        height=height, latent_size=latent_size)
         super().__init__((num_channels, height, width))
         self.latent_size = latent_size

@@ -8,7 +8,8 @@ import torch.distributions as td
 from torch import Tensor, nn
 
 from .conditionals import CPDNet
-from .networks import _positive_int, build_ffnn_encoder
+from .networks import build_ffnn_encoder
+from .utils import positive_int
 
 __all__ = ["InferenceModel"]
 
@@ -39,8 +40,8 @@ class InferenceModel(CPDNet):
                  num_channels: int = 1, width: int = 64, height: int = 64,
                  hidden_size: int = 1024, p_drop: float = 0.0,
                  encoder_type: Callable[..., nn.Module] = build_ffnn_encoder):
-        _positive_int("latent_size", latent_size)
-        _positive_int("hidden_size", hidden_size)
+        positive_int("latent_size", latent_size)
+        positive_int("hidden_size", hidden_size)
         super().__init__(latent_size)
         self.latent_size = latent_size
         self.data_shape = (num_channels, height, width)

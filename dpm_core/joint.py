@@ -9,7 +9,8 @@ import torch.distributions as td
 from torch import Tensor, nn
 
 from .conditionals import CPDNet
-from .priors import PriorNet, ShapeLike, as_shape
+from .priors import PriorNet
+from .utils import ShapeLike, positive_int
 
 __all__ = ["JointDistribution", "sample_chunks"]
 
@@ -28,8 +29,7 @@ def sample_chunks(num_samples: int, batch_numel: int, max_elements: int = MAX_EL
     Yields:
         chunk sizes that add up to ``num_samples``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-        raise ValueError(f"the number of samples must be a positive int, got {num_samples!r}")
+    positive_int("the number of samples", num_samples)
     chunk = max(1, max_elements // max(1, batch_numel))
     done = 0
     while done < num_samples:

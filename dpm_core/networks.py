@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .utils import positive_int, positive_ints, probability
+
 __all__ = [
     "ReshapeLast",
     "FlattenImage",
@@ -27,24 +29,6 @@ __all__ = [
     "build_ffnn_encoder",
     "build_cnn_encoder",
 ]
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _positive_ints(**sizes) -> None:
-    """Check that every keyword argument is a positive int (see :func:`_positive_int`)."""
-    for name, value in sizes.items():
-        _positive_int(name, value)
-
-
-def _probability(name: str, value) -> float:
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-    return float(value)
 
 
 class ReshapeLast(nn.Module):
@@ -117,7 +101,7 @@ class MySequential(nn.Sequential):
 
     def __init__(self, *args: nn.Module, event_dims: int = 1):
         super().__init__(*args)
-        self._event_dims = _positive_int("event_dims", event_dims)
+        self._event_dims = positive_int("event_dims", event_dims)
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() < self._event_dims:
@@ -164,9 +148,9 @@ def build_ffnn_decoder(
         >>> build_ffnn_decoder(10, 1, 28, 28)(torch.zeros(3, 5, 10)).shape
         torch.Size([3, 5, 1, 28, 28])
     """
-    _positive_ints(latent_size=latent_size, num_channels=num_channels,
+    positive_ints(latent_size=latent_size, num_channels=num_channels,
                    width=width, height=height, hidden_size=hidden_size)
-    p_drop = _probability("p_drop", p_drop)
+    p_drop = probability("p_drop", p_drop, include_one=False)
     return nn.Sequential(
         nn.Dropout(p_drop),
         nn.Linear(latent_size, hidden_size),
@@ -206,9 +190,9 @@ def build_cnn_decoder(
     Returns:
         A module mapping ``batch_shape + [K]`` to ``batch_shape + [C, H, W]``.
     """
-    _positive_ints(latent_size=latent_size, num_channels=num_channels,
+    positive_ints(latent_size=latent_size, num_channels=num_channels,
                    width=width, height=height, hidden_size=hidden_size)
-    p_drop = _probability("p_drop", p_drop)
+    p_drop = probability("p_drop", p_drop, include_one=False)
     stages = _num_stages(height, width)
     base_h, base_w = math.ceil(height / 2**stages), math.ceil(width / 2**stages)
     # channels shrink by half at every stage: e.g. 256 -> 128 -> 64 -> 32 -> C
@@ -253,8 +237,8 @@ def build_ffnn_encoder(
     Returns:
         A module mapping ``batch_shape + [C, H, W]`` to ``batch_shape + [output_size]``.
     """
-    _positive_ints(num_channels=num_channels, width=width, height=height, output_size=output_size)
-    p_drop = _probability("p_drop", p_drop)
+    positive_ints(num_channels=num_channels, width=width, height=height, output_size=output_size)
+    p_drop = probability("p_drop", p_drop, include_one=False)
     hidden = max(1, output_size // 2)
     return nn.Sequential(
         FlattenImage(),
@@ -292,8 +276,8 @@ def build_cnn_encoder(
     Returns:
         A module mapping ``batch_shape + [C, H, W]`` to ``batch_shape + [output_size]``.
     """
-    _positive_ints(num_channels=num_channels, width=width, height=height, output_size=output_size)
-    p_drop = _probability("p_drop", p_drop)
+    positive_ints(num_channels=num_channels, width=width, height=height, output_size=output_size)
+    p_drop = probability("p_drop", p_drop, include_one=False)
     stages = _num_stages(height, width)
     layers: list[nn.Module] = []
     in_channels, h, w = num_channels, height, width

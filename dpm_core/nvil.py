@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .conditionals import CPDNet
 from .joint import MAX_ELEMENTS, JointDistribution, sample_chunks
+from .utils import one_of, positive_int
 from .variance import VarianceReduction
 
 __all__ = ["NVIL"]
@@ -25,11 +26,8 @@ _ESTIMATORS = ("auto", "reparam", "sfe")
 
 
 def _num_samples(sample_size) -> int:
-    if sample_size is None:
-        return 1
-    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size <= 0:
-        raise ValueError(f"sample_size must be a positive int or None, got {sample_size!r}")
-    return sample_size
+    sample_size = positive_int("sample_size", sample_size, or_none=True)
+    return 1 if sample_size is None else sample_size
 
 
 def _closed_form_kl(q: td.Distribution, p: td.Distribution) -> Optional[Tensor]:
@@ -207,8 +205,7 @@ class NVIL(nn.Module):
             ``-surrogate + cv_loss``; ``figures`` holds tensors (detached) of shape
             ``batch_shape``: ``ELBO``, ``D``, ``R`` and ``cv_loss``.
         """
-        if estimator not in _ESTIMATORS:
-            raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+        one_of("estimator", estimator, _ESTIMATORS)
         S = _num_samples(sample_size)
         batch_shape = self._batch_shape(x)
         qz = self.inf_model(x)

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from .conditionals import CPDNet
 from .joint import JointDistribution
-from .networks import _positive_int
 from .priors import GaussianPriorNet
+from .utils import positive_int, positive_number
 
 __all__ = ["LinearGaussianCPDNet", "PPCA"]
 
@@ -36,10 +36,9 @@ class LinearGaussianCPDNet(CPDNet):
     """
 
     def __init__(self, data_size: int, latent_size: int, sigma: float = 1.0):
-        _positive_int("data_size", data_size)
-        _positive_int("latent_size", latent_size)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        positive_int("data_size", data_size)
+        positive_int("latent_size", latent_size)
+        positive_number("sigma", sigma)
         super().__init__(data_size)
         self.latent_size = latent_size
         self.W = nn.Parameter(torch.randn(data_size, latent_size) / math.sqrt(latent_size))

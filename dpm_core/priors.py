@@ -9,54 +9,14 @@ batch element.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import torch
 import torch.distributions as td
 import torch.nn.functional as F
 from torch import nn
 
+from .utils import ShapeLike, as_shape, positive_int, positive_shape
+
 __all__ = ["PriorNet", "GaussianPriorNet", "MoGPriorNet", "CategoricalPriorNet", "as_shape"]
-
-ShapeLike = Union[int, Sequence[int], torch.Size]
-
-
-def as_shape(shape: ShapeLike, name: str = "shape", allow_empty: bool = True) -> tuple:
-    """Turn an int or a sequence of ints into a tuple, checking every entry.
-
-    Args:
-        shape: an int ``k`` (read as ``(k,)``), a tuple/list of ints or a ``torch.Size``.
-        name: the argument's name, for the error message.
-        allow_empty: whether ``()`` is acceptable.
-
-    Returns:
-        The shape as a tuple of ints.
-
-    Raises:
-        ValueError: if an entry is not a non-negative int (positive for outcome shapes).
-    """
-    if isinstance(shape, bool):
-        raise ValueError(f"{name} must be an int or a tuple of ints, got {shape!r}")
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ValueError(f"{name} must be an int or a tuple of ints, got {shape!r}") from None
-    for s in shape:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ValueError(f"{name} must contain non-negative ints, got {shape!r}")
-    if not shape and not allow_empty:
-        raise ValueError(f"{name} must not be empty")
-    return shape
-
-
-def _outcome_shape(outcome_shape: ShapeLike) -> tuple:
-    shape = as_shape(outcome_shape, "outcome_shape", allow_empty=False)
-    if any(s == 0 for s in shape):
-        raise ValueError(f"outcome_shape must contain positive ints, got {shape!r}")
-    return shape
-
 
 class PriorNet(nn.Module):
     """Base class of networks that parameterise a prior p(z).
@@ -67,7 +27,7 @@ class PriorNet(nn.Module):
 
     def __init__(self, outcome_shape: ShapeLike):
         super().__init__()
-        self.outcome_shape = _outcome_shape(outcome_shape)
+        self.outcome_shape = positive_shape("outcome_shape", outcome_shape)
 
     def forward(self, batch_shape: ShapeLike) -> td.Distribution:
         """Return the prior for a batch.
@@ -99,7 +59,7 @@ class GaussianPriorNet(PriorNet):
 
     def forward(self, batch_shape: ShapeLike) -> td.Distribution:
         """Return N(0, I) with batch_shape ``batch_shape`` and event_shape ``outcome_shape``."""
-        shape = as_shape(batch_shape, "batch_shape") + self.outcome_shape
+        shape = as_shape("batch_shape", batch_shape) + self.outcome_shape
         return td.Independent(
             td.Normal(loc=self.locs.expand(shape), scale=self.scales.expand(shape)),
             len(self.outcome_shape),
@@ -127,9 +87,7 @@ class MoGPriorNet(PriorNet):
     def __init__(self, outcome_shape: ShapeLike, num_components: int,
                  lbound: float = -10.0, rbound: float = 10.0):
         super().__init__(outcome_shape)
-        if isinstance(num_components, bool) or not isinstance(num_components, int) \
-                or num_components <= 0:
-            raise ValueError(f"num_components must be a positive int, got {num_components!r}")
+        positive_int("num_components", num_components)
         if not lbound < rbound:
             raise ValueError(f"lbound must be smaller than rbound, got lbound={lbound}, "
                              f"rbound={rbound}")
@@ -153,7 +111,7 @@ class MoGPriorNet(PriorNet):
             ``outcome_shape``; its component distribution has batch_shape
             ``batch_shape + (C,)``.
         """
-        batch_shape = as_shape(batch_shape, "batch_shape")
+        batch_shape = as_shape("batch_shape", batch_shape)
         shape = batch_shape + (self.num_components,) + self.outcome_shape  # [B, C, K]
         comps = td.Independent(
             td.Normal(loc=self.locs.expand(shape), scale=self.scales.expand(shape)),
@@ -176,13 +134,11 @@ class CategoricalPriorNet(PriorNet):
     """
 
     def __init__(self, num_categories: int):
-        if isinstance(num_categories, bool) or not isinstance(num_categories, int) \
-                or num_categories <= 0:
-            raise ValueError(f"num_categories must be a positive int, got {num_categories!r}")
+        positive_int("num_categories", num_categories)
         super().__init__(num_categories)
         self.register_buffer("logits", torch.zeros(num_categories))
 
     def forward(self, batch_shape: ShapeLike) -> td.Distribution:
         """Return a OneHotCategorical with batch_shape ``batch_shape`` and event_shape ``(C,)``."""
-        shape = as_shape(batch_shape, "batch_shape") + self.outcome_shape
+        shape = as_shape("batch_shape", batch_shape) + self.outcome_shape
         return td.OneHotCategorical(logits=self.logits.expand(shape))

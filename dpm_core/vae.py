@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from .conditionals import CPDNet
 from .kl import KL
-from .networks import _positive_int
-from .priors import PriorNet, ShapeLike, _outcome_shape, as_shape
+from .priors import PriorNet
+from .utils import ShapeLike, as_shape, positive_int, positive_shape
 
 __all__ = ["VAE", "VAEModelView", "reparametrise", "loss_func"]
 
@@ -79,8 +79,8 @@ class VAE(nn.Module):
 
     def __init__(self, input_dim: int = 784, z_dim: int = 2, hidden_sizes: tuple = (256, 128)):
         super().__init__()
-        _positive_int("input_dim", input_dim)
-        _positive_int("z_dim", z_dim)
+        positive_int("input_dim", input_dim)
+        positive_int("z_dim", z_dim)
         self.input_dim, self.z_dim = input_dim, z_dim
         sizes = [input_dim, *hidden_sizes]
         enc: list[nn.Module] = []
@@ -162,7 +162,7 @@ class _VAEPrior(PriorNet):
 
     def forward(self, batch_shape: ShapeLike) -> td.Distribution:
         """batch_shape ``batch_shape``, event_shape ``(K,)``."""
-        shape = as_shape(batch_shape, "batch_shape") + self.outcome_shape
+        shape = as_shape("batch_shape", batch_shape) + self.outcome_shape
         zero = next(self.vae.parameters()).new_zeros(())
         return td.Independent(td.Normal(zero.expand(shape), (zero + 1).expand(shape)), 1)
 
@@ -207,7 +207,7 @@ class VAEModelView(nn.Module):
 
     def __init__(self, vae: VAE, image_shape: ShapeLike = (1, 28, 28)):
         super().__init__()
-        image_shape = _outcome_shape(image_shape)
+        image_shape = positive_shape("image_shape", image_shape)
         if math.prod(image_shape) != vae.input_dim:
             raise ValueError(f"image_shape {image_shape} holds {math.prod(image_shape)} pixels, but "
                              f"the VAE takes {vae.input_dim}; pass the shape its images have")

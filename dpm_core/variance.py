@@ -21,7 +21,7 @@ import torch
 import torch.distributions as td
 from torch import Tensor, nn
 
-from .networks import _positive_int, _probability
+from .utils import positive_int, probability
 
 __all__ = ["VarianceReduction", "CentredReward", "ScaledReward", "SelfCritic", "Baseline", "CVChain"]
 
@@ -132,10 +132,10 @@ class Baseline(VarianceReduction):
     def __init__(self, num_inputs: int, hidden_size: int, p_drop: float = 0.0,
                  event_dims: int = 3):
         super().__init__()
-        _positive_int("num_inputs", num_inputs)
-        _positive_int("hidden_size", hidden_size)
-        _positive_int("event_dims", event_dims)
-        p_drop = _probability("p_drop", p_drop)
+        positive_int("num_inputs", num_inputs)
+        positive_int("hidden_size", hidden_size)
+        positive_int("event_dims", event_dims)
+        p_drop = probability("p_drop", p_drop, include_one=False)
         self.baseline = nn.Sequential(
             nn.Flatten(start_dim=-event_dims),
             nn.Dropout(p_drop),
