@@ -8,7 +8,7 @@ posterior q(z|x) on the evidence lower bound
 
     ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)) = -D - R  <=  log p(x),
 
-where D is the distortion and R the rate.
+where the distortion D and the rate R are the two costs of the code.
 
 Two gradient estimators
 -----------------------
@@ -41,18 +41,24 @@ nvil          :class:`NVIL`, the objective and its estimators
 ppca          probabilistic PCA, the linear-Gaussian model with exact answers
 vae           the compact first VAE (``reparametrise``, ``loss_func``)
 training      :func:`train_vae`, :func:`assess`, :class:`OptCollection`
-data          tensor-resident FashionMNIST / MNIST
+data          tensor-resident FashionMNIST / MNIST (a package)
 plotting      image grids, training curves, latent scatter plots
 widgets       interactive latent explorer, interpolation and posterior views
+              (a package)
+utils         argument checks shared by the modules
 grading       helpers for the notebooks' self-checks and hidden tests
 ============  ===========================================================
 
 Shape letters
 -------------
-Shape comments such as ``# [S, B, K]`` use: S samples, B batch, C mixture
-components (or image channels, where the context is an image), K latent size,
-D data dimensions, H hidden size. ``batch_shape`` and ``event_shape`` follow
-``torch.distributions``: every ``log_prob`` returns one number per batch element.
+Shape comments such as ``# [S, B, K]`` use one meaning per letter: S samples,
+B batch, N items of a data set (a split, or the test images a view encodes),
+C mixture components, K latent size, D data dimensions, H hidden size, T points
+along a path. Images alone keep torch's ``[C, H, W]`` (channels, height,
+width), always in that group of three. (``D``, ``R`` and ``L`` as *names*, the distortion, rate and
+log-likelihood of :meth:`NVIL.DRL`, are not shape letters.) ``batch_shape`` and
+``event_shape`` follow ``torch.distributions``: every ``log_prob`` returns one
+number per batch element.
 """
 
 from .conditionals import BinarizedImageModel, ContinuousImageModel, CPDNet, GaussianCPDNet, MoGCPDNet

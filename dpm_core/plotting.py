@@ -380,7 +380,7 @@ def save_samples_and_reconstructions(model: nn.Module, x: Tensor, path: Union[st
     path = Path(path)
     x = x.to(model_device(model))
     with evaluating(model):
-        z = model.gen_model.prior((num_samples,)).sample()  # [N, K]
+        z = model.gen_model.prior((num_samples,)).sample()  # [S, K]
         samples = model.gen_model.obs_model(z).mean  # [N] + data_shape
         recon = model.gen_model.obs_model(model.inf_model(x).mean).mean  # [B] + data_shape
     grids = [image_grid(as_images(samples, data_shape)),
@@ -585,7 +585,7 @@ def plot_prior_samples_hist(prior_net: nn.Module, num_samples: int = 5000,
     max_dims = positive_int("max_dims", max_dims)
     with torch.no_grad():
         z = prior_net((num_samples,)).sample()
-    z = z.reshape(num_samples, -1).cpu().numpy()  # [N, K]
+    z = z.reshape(num_samples, -1).cpu().numpy()  # [S, K]
     K = z.shape[1]
     num_hists = min(K, max_dims)
     joint = K >= 2

@@ -33,7 +33,7 @@ def reparametrise(mu: Tensor, logvar: Tensor) -> Tensor:
     sigma (the pathwise estimator).
 
     Args:
-        mu: ``[N, K]`` (any shape works).
+        mu: ``[B, K]`` (any shape works).
         logvar: same shape as ``mu``.
 
     Returns:
@@ -53,10 +53,10 @@ def loss_func(recon_x: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     binary cross-entropy summed over pixels.
 
     Args:
-        recon_x: Bernoulli means (probabilities) of p(x|z), shape ``[N, D]``.
-        x: binary data, shape ``[N, D]``.
-        mu: ``[N, K]`` locations of q(z|x).
-        logvar: ``[N, K]`` log-variances of q(z|x).
+        recon_x: Bernoulli means (probabilities) of p(x|z), shape ``[B, D]``.
+        x: binary data, shape ``[B, D]``.
+        mu: ``[B, K]`` locations of q(z|x).
+        logvar: ``[B, K]`` log-variances of q(z|x).
 
     Returns:
         A scalar.
