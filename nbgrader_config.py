@@ -43,7 +43,18 @@ from course.grading_plugins import HideHiddenTests  # noqa: E402
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import GetGrades  # noqa: E402
 
-c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+# feedback tells the truth: a written answer not graded yet is "awaiting manual grading" (not
+# "0 / 3") and the score line says which part is final; long lines wrap; formulas render offline
+# with the MathJax copied beside each page (course/feedback.py, course/templates/dpm_feedback).
+# The template is set on our exporter class, not on HTMLExporter, so the formgrader's own
+# pages keep nbgrader's templates while its "generate feedback" button gets ours.
+from course.feedback import TEMPLATES, FeedbackExporter, ManualGradingStatus  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, ManualGradingStatus, HideHiddenTests,
+                                    CSSHTMLHeaderPreprocessor]
+c.GenerateFeedback.exporter_class = FeedbackExporter
+c.FeedbackExporter.template_name = "dpm_feedback"
+c.FeedbackExporter.extra_template_basedirs = [str(TEMPLATES)]
 
 # a warning printed by correct code is not a failed test (nbgrader scores any stderr output 0);
 # a kernel that dies or hangs costs only the cells it did not pass, and says why

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the course needs, idempotently: a virtual environment in .venv with the
-# package and its pinned dependencies, the FashionMNIST files and bubblewrap (the sandbox).
+# package and its pinned dependencies, the FashionMNIST files, bubblewrap (the sandbox) and
+# MathJax (formulas in the feedback pages).
 # Usage: scripts/setup.sh            (called by `make main`)
 #        scripts/setup.sh --browser  (called by `make test`: also Debian's chromium for the
 #                                     browser test of the widgets, when it can be installed)
@@ -56,7 +57,19 @@ if ! command -v bwrap >/dev/null; then
     fi
 fi
 
-# 4. Chromium for the widgets' browser test (the test skips itself without it).
+# 4. MathJax for the feedback pages, which carry a copy so that formulas render offline
+#    (course/feedback.py); without it the pages load MathJax from a CDN.
+if [ ! -f /usr/share/javascript/mathjax/MathJax.js ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian's libjs-mathjax (formulas in the feedback pages)"
+        { apt-get update -qq >/dev/null; apt-get install -y -qq libjs-mathjax >/dev/null; } \
+            || echo "setup: could not install libjs-mathjax; feedback pages will load MathJax from a CDN"
+    else
+        echo "setup: MathJax not found: install libjs-mathjax (e.g. sudo apt-get install libjs-mathjax) for offline formulas in feedback"
+    fi
+fi
+
+# 5. Chromium for the widgets' browser test (the test skips itself without it).
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing Debian's chromium for the browser test"
