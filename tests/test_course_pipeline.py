@@ -204,8 +204,9 @@ def test_a_correct_solution_that_warns_keeps_full_marks(course_dir):
     target = course_dir / "course" / "submitted" / student / assignment["name"]
     target.mkdir(parents=True, exist_ok=True)
     old = "return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)"
-    new = ("__import__('warnings').simplefilter('always')\n"
-           "    __import__('warnings').warn('a harmless warning from correct code', UserWarning)\n"
+    new = ("import warnings\n"  # not __import__, which the guard's static scan rejects
+           "    warnings.simplefilter('always')\n"
+           "    warnings.warn('a harmless warning from correct code', UserWarning)\n"
            "    " + old)
     for path in _notebooks(REPO / "source", assignment):
         nb = nbformat.read(path, 4)
