@@ -30,7 +30,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class HideHiddenTests(NbGraderPreprocessor):
     """Remove hidden test code from feedback, and reduce their tracebacks to the message.
 
-    A graded test cell keeps its visible part; the hidden region is replaced by a
+    A graded test cell keeps its comment; the hidden region is replaced by another
     comment, and an error output keeps only its exception type and message (our
     test messages name the likely mistake), not the lines that raised it.
     """

@@ -9,7 +9,8 @@ transitively), the check function, and the call ``check_<name>(globals())``. In 
 of an exercise that ``course/exercises.py`` gives dpm_core references for, the own-work check
 ``_expect_own_work(globals(), {name: reference})`` of ``course/checks/_own_work.py`` (with its
 helpers) runs first, so that an answer taken from dpm_core scores nothing. The rest of the
-cell, the visible self-checks, is left as it is.
+cell (a comment: the self-checks that students run live in the locked cell before it) is left
+as it is.
 
 Usage, from the repository root::
 

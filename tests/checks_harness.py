@@ -2,12 +2,17 @@
 
 The namespace a check sees is built the way the notebook builds it, without data loading
 or training: the set-up and given cells named in ``CONTEXT_CELLS`` and every solution cell
-run in notebook order (IPython magics dropped); before its check, the visible part of each
-graded test cell runs too, because some checks read names that part defines.
+run in notebook order (IPython magics dropped). The checks read nothing else: each graded
+test cell holds only its hidden tests, and the self-checks that students run live in the
+locked, ungraded cell right before it (grade id ``<grade id>-self-checks``), whose names no
+check reads (``self_check_names_read``). ``graded_cell_outcomes`` runs the cells as nbgrader
+runs them: each self-check cell (its failure ignored, as nbgrader goes on after an ungraded
+cell's error), then the graded cell's whole code.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -23,6 +28,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 BEGIN = "### BEGIN HIDDEN TESTS"
+#: the grade id of a graded cell's self-check cell is the graded cell's, with this suffix
+SELF_CHECKS = "-self-checks"
 
 #: given code cells (by grade id) that the checks need, besides the solution cells
 CONTEXT_CELLS = {
@@ -31,9 +38,9 @@ CONTEXT_CELLS = {
     "dpm2_inference": ["setup", "cpd-check-helper", "ppca-testbed"],
     "importance_sampling": ["setup", "fixtures"],
 }
-#: the assignments whose hidden tests are checks modules already
-#: given cells that only the visible self-checks need (the checks do not)
-VISIBLE_CONTEXT_CELLS = {"importance_sampling": ["data"]}
+#: given cells that only the self-check cells need (the checks do not)
+SELF_CHECK_CONTEXT_CELLS = {"importance_sampling": ["data"]}
+#: the assignments whose hidden tests are checks modules
 ASSIGNMENTS = [a for a in CONTEXT_CELLS if (REPO / "course" / "checks" / f"{a}.py").exists()]
 
 
@@ -43,10 +50,24 @@ def checks(assignment: str) -> dict:
 
 
 def notebook_cells(assignment: str) -> dict:
-    """``{grade id: cell}`` of the source notebook's cells with a grade id, in order."""
-    nb = nbformat.read(REPO / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+    """``{grade id: cell}`` of the source notebook's cells with a grade id, in order (the cells
+    are shared between calls: read them, do not change them)."""
+    path = REPO / "source" / assignment / f"{assignment}.ipynb"
+    return dict(_read_cells(path, path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cells(path: Path, mtime_ns: int) -> dict:
+    # every mistake's run reads the same notebooks; keyed on the time stamp, so an edited
+    # notebook is read again
+    nb = nbformat.read(path, as_version=4)
     return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
             if c.metadata.get("nbgrader", {}).get("grade_id")}
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(code: str, name: str):
+    return compile(code, name, "exec")
 
 
 def _code(source: str) -> str:
@@ -78,7 +99,7 @@ def reference_namespace(assignment: str, replace: tuple | None = None, also: tup
                     raise ValueError(f"{grade_id} holds {replace[1]!r} "
                                      f"{source.count(replace[1])} times, expected once")
                 source = source.replace(replace[1], replace[2])
-            exec(compile(_code(source), f"<{assignment}:{grade_id}>", "exec"), ns)
+            exec(_compiled(_code(source), f"<{assignment}:{grade_id}>"), ns)
     if "matplotlib.pyplot" in sys.modules:  # a set-up cell may draw; nobody looks here
         sys.modules["matplotlib.pyplot"].close("all")
     return ns
@@ -89,14 +110,25 @@ def cell_code(assignment: str, grade_id: str) -> str:
     return _code(notebook_cells(assignment)[grade_id].source)
 
 
-def visible_part(assignment: str, grade_id: str) -> str:
-    """The code of a graded test cell before its hidden region."""
-    return _code(notebook_cells(assignment)[grade_id].source.split(BEGIN)[0])
+def self_check_id(grade_id: str) -> str:
+    """The grade id of the self-check cell before the graded cell ``grade_id``."""
+    return f"{grade_id}{SELF_CHECKS}"
 
 
-def needs_visible_part(ns: dict, assignment: str, grade_id: str) -> bool:
-    """Whether the check reads a name from ``ns`` that only its cell's visible part defines."""
-    return not _names_read(assignment, grade_id) <= set(ns)
+def self_check_code(assignment: str, grade_id: str) -> str:
+    """The code of the self-check cell before the graded cell ``grade_id`` (magics dropped)."""
+    return cell_code(assignment, self_check_id(grade_id))
+
+
+def self_check_names_read(assignment: str, grade_id: str) -> set:
+    """The names that the check of ``grade_id`` reads from the notebook's namespace and that a
+    self-check cell binds: the check would then depend on code that may have failed, or that
+    the student's kernel ran differently. Empty for every check; a helper a check needs
+    belongs in its checks module, as a private name."""
+    cells = notebook_cells(assignment)
+    bound = set().union(*(_bindings(_code(cell.source))[0] for grade, cell in cells.items()
+                          if grade.endswith(SELF_CHECKS) and cell.cell_type == "code"))
+    return _names_read(assignment, grade_id) & bound
 
 
 def _names_read(assignment: str, grade_id: str) -> set:
@@ -105,7 +137,8 @@ def _names_read(assignment: str, grade_id: str) -> set:
     return set(re.findall(r'ns\["(\w+)"\]', source))
 
 
-def _bindings(code: str) -> tuple[set, set]:
+@functools.lru_cache(maxsize=512)
+def _bindings(code: str) -> tuple[frozenset, frozenset]:
     """The names a cell's code binds at top level, and the global names it reads (at top level
     or inside its functions and classes; a function's parameters and locals are not globals)."""
     top = symtable.symtable(code, "<cell>", "exec")
@@ -118,7 +151,7 @@ def _bindings(code: str) -> tuple[set, set]:
             todo.append(child)
             read |= {sym.get_name() for sym in child.get_symbols()
                      if sym.is_referenced() and (sym.is_global() or sym.is_free())}
-    return bound, read
+    return frozenset(bound), frozenset(read)
 
 
 def affected_checks(assignment: str, cell: str) -> list:
@@ -150,19 +183,44 @@ def affected_checks(assignment: str, cell: str) -> list:
     return affected
 
 
-def run_check(ns: dict, assignment: str, grade_id: str, visible: bool | None = None) -> None:
-    """Run one check on ``ns``, first running the visible self-checks of its cell as the
-    notebook does when ``visible`` is true, or (None) when the check reads a name that only
-    they define. Failures of the self-checks are ignored here: the check is what is graded.
-    """
-    if visible is None:
-        visible = needs_visible_part(ns, assignment, grade_id)
-    if visible:
-        try:
-            exec(compile(visible_part(assignment, grade_id), f"<{grade_id} visible>", "exec"), ns)
-        except Exception:  # noqa: BLE001 -- a failing self-check is reported by the check itself
-            pass
+def run_check(ns: dict, assignment: str, grade_id: str) -> None:
+    """Run the check of the graded cell ``grade_id`` (its checks module's function) on ``ns``."""
     checks(assignment)[grade_id](ns)
+
+
+def graded_cell_outcomes(assignment: str, replace: tuple | None = None,
+                         only: list | None = None) -> tuple[dict, list]:
+    """Run the graded cells (those in ``only``, when given) as nbgrader runs them, in notebook
+    order on the namespace of ``reference_namespace`` (with ``SELF_CHECK_CONTEXT_CELLS``): for
+    each, its self-check cell, whose failure is ignored (an ungraded cell scores nothing, and
+    nbgrader goes on after its error), then the graded cell's whole code (the comment and the
+    generated hidden code); torch is seeded 0 before each cell.
+
+    Returns:
+        ``{grade id: None if the graded cell passed, else "ErrorType: message"}``, and the grade
+        ids whose self-check cell failed.
+    """
+    import torch
+
+    ns = reference_namespace(assignment, replace,
+                             also=tuple(SELF_CHECK_CONTEXT_CELLS.get(assignment, ())))
+    results, self_checks_failed = {}, []
+    for grade_id in checks(assignment):
+        if only is not None and grade_id not in only:
+            continue
+        torch.manual_seed(0)
+        try:
+            exec(_compiled(self_check_code(assignment, grade_id), f"<{self_check_id(grade_id)}>"),
+                 ns)
+        except Exception:  # noqa: BLE001 -- costs nothing: the graded cell runs all the same
+            self_checks_failed.append(grade_id)
+        torch.manual_seed(0)
+        try:
+            exec(_compiled(cell_code(assignment, grade_id), f"<{grade_id}>"), ns)
+            results[grade_id] = None
+        except Exception as error:  # noqa: BLE001 -- any error fails the cell in nbgrader
+            results[grade_id] = f"{type(error).__name__}: {error}"
+    return results, self_checks_failed
 
 
 def outcomes(assignment: str, replace: tuple | None = None, after: str | None = None,

@@ -5,13 +5,16 @@ check pass the reference solution (for many seeds), and does every realistic mis
 ``tests/check_mistakes.py`` fail the check of its exercise, with a message that names it,
 while the valid variants of ``tests/check_variants.py`` pass?
 
-A mistake costs points once: no other check may fail because of it (unless its catalogue
-entry declares that check in ``also``, with the reason). The default run takes under a minute:
-the seed test covers the checks that run in a fraction of a second, and a mistake runs the
-check that must catch it and the other fast checks that could fail because of it (those of
-its exercise and those downstream that reuse its code, ``checks_harness.affected_checks``).
-``DPM_CHECKS_FULL=1`` runs every check for 100 seeds and every check after each mistake's cell
-(a few minutes).
+A mistake costs points once: no graded cell but its own may fail because of it (unless its
+catalogue entry declares that cell in ``also``, with the reason), the cells run as nbgrader runs
+them: each graded cell holds only its hidden tests, after the locked self-check cell that
+students run, whose failure scores nothing and stops nothing. The default run takes about a
+minute: the seed test covers the checks that run in a fraction of a second, and a mistake runs
+the check that must catch it, then the graded cells of the other fast checks that could fail
+because of it (those of its exercise and those downstream that reuse its code,
+``checks_harness.affected_checks``), each after its self-check cell.
+``DPM_CHECKS_FULL=1`` runs every check for 100 seeds and every graded cell after each
+mistake's cell (a few minutes).
 """
 
 import os
@@ -20,14 +23,16 @@ import sys
 import time
 from collections import Counter
 
+import nbformat
 import pytest
 import torch
 
 import check_mistakes
 import check_variants
-from checks_harness import (ASSIGNMENTS, REPO, VISIBLE_CONTEXT_CELLS, affected_checks, cell_code,
-                            checks, needs_visible_part, outcomes, reference_namespace, run_check,
-                            visible_part)
+from checks_harness import (ASSIGNMENTS, BEGIN, REPO, SELF_CHECK_CONTEXT_CELLS, affected_checks,
+                            cell_code, checks, graded_cell_outcomes, notebook_cells, outcomes,
+                            reference_namespace, run_check, self_check_code, self_check_id,
+                            self_check_names_read)
 
 from course import sync_checks
 
@@ -40,7 +45,7 @@ NUM_SEEDS = 100 if FULL else 20
 #: tolerances; the full run covers them)
 FAST_CHECK_S = 0.1
 #: failures per NUM_SEEDS seeds that the stability test tolerates, with the reason: the
-#: variance check measures on the notebook's confident_image_nvil, which seeds itself (seed 0);
+#: variance check measures on its _confident_image_nvil, which seeds itself (seed 0);
 #: with its seeding disabled the model is redrawn, and for 1 of 100 redrawn models ScaledReward
 #: left 0.55 > 0.5 of the variance (0.04 to 0.24 for 15 others). Grading uses seed 0.
 RARE_FAILURES = {"cv-variance-tests": 2 if FULL else 0}
@@ -53,15 +58,9 @@ CHECK_IDS = [(a, g) for a in ASSIGNMENTS for g in checks(a)]
 
 @pytest.fixture(scope="module")
 def namespaces() -> dict:
-    """The reference namespace of every assignment after its solution cells and the visible
-    parts of the graded cells that define names their checks read, built once."""
-    built = {}
-    for assignment in ASSIGNMENTS:
-        ns = built[assignment] = reference_namespace(assignment)
-        for grade_id in checks(assignment):
-            if needs_visible_part(ns, assignment, grade_id):
-                exec(visible_part(assignment, grade_id), ns)
-    return built
+    """The reference namespace of every assignment after its context and solution cells, built
+    once."""
+    return {assignment: reference_namespace(assignment) for assignment in ASSIGNMENTS}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,7 @@ def reference_runs(namespaces) -> dict:
             torch.manual_seed(0)
             start = time.perf_counter()
             try:
-                run_check(namespaces[assignment], assignment, grade_id, visible=False)
+                run_check(namespaces[assignment], assignment, grade_id)
                 error = None
             except Exception as exc:  # noqa: BLE001 -- reported by the test of that check
                 error = f"{type(exc).__name__}: {exc}"
@@ -95,7 +94,7 @@ def course_copy(tmp_path):
 
 def test_a_hand_edited_hidden_region_is_found_and_repaired(course_copy):
     """If someone edits a hidden region in a notebook, does out_of_sync name that cell, and does
-    sync restore it while leaving the visible self-checks byte for byte?"""
+    sync restore it while leaving the rest of the notebook byte for byte?"""
     path = course_copy / "source" / "vae_basics" / "vae_basics.ipynb"
     text = path.read_text()
     edited = text.replace("check_kl_formula(globals())", "check_kl_formula(globals())\\nprint(1)", 1)
@@ -160,13 +159,49 @@ def test_check_passes_the_reference(assignment, grade_id, reference_runs):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_graded_cells_as_synced_pass_the_reference_in_notebook_order(assignment):
-    """Do the graded cells themselves (self-checks, then the generated hidden code), run one
-    after the other as the kernel runs them, pass the reference? This runs the code nbgrader
-    runs, not the modules: a helper that the generated code defines in the notebook's namespace
-    and that a later cell also uses would show here."""
-    ns = reference_namespace(assignment, also=tuple(VISIBLE_CONTEXT_CELLS.get(assignment, ())))
+def test_every_graded_cell_holds_only_hidden_tests_after_its_self_check_cell(assignment):
+    """Is every graded test cell of the notebook (one per check) preceded by its locked,
+    ungraded self-check cell, with the metadata of the notebook's given cells, and does it hold
+    nothing but comments before its hidden region? Then a failing self-check costs nothing,
+    and the cell's grade is its hidden tests'."""
+    nb = nbformat.read(REPO / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+    given = next(c.metadata["nbgrader"] for c in nb.cells
+                 if c.metadata.get("nbgrader", {}).get("grade_id") == "setup")
+    graded = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              and c.metadata.get("nbgrader", {}).get("grade")
+              and not c.metadata["nbgrader"].get("solution")]
+    assert [nb.cells[i].metadata["nbgrader"]["grade_id"] for i in graded] == \
+        list(checks(assignment))
+    for i in graded:
+        grade_id = nb.cells[i].metadata["nbgrader"]["grade_id"]
+        before = nb.cells[i - 1]
+        assert before.cell_type == "code" and before.metadata.get("nbgrader") == \
+            {**given, "grade_id": self_check_id(grade_id)}, f"{grade_id} has no self-check cell"
+        assert BEGIN not in before.source and before.source.strip()
+        head = nb.cells[i].source.split(BEGIN)[0]
+        assert head.strip() and all(line.startswith("#") for line in head.strip().split("\n")), \
+            f"{grade_id} holds code outside its hidden region: move it to {self_check_id(grade_id)}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_no_check_reads_a_name_that_a_self_check_cell_binds(assignment):
+    """Does every check get what it needs from its own module and the notebook's solution and
+    given cells, never from a self-check cell, which may have failed before binding it?"""
+    found = {g: sorted(names) for g in checks(assignment)
+             for names in [self_check_names_read(assignment, g)] if names}
+    assert not found, f"checks read names of self-check cells (make them private helpers): {found}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_cells_as_synced_pass_the_reference_in_notebook_order(assignment):
+    """Do the self-check cells and the graded cells themselves (the generated hidden code), run
+    one after the other as the kernel runs them, pass the reference? This runs the code
+    nbgrader runs, not the modules: a helper that the generated code defines in the notebook's
+    namespace and that a later cell also uses would show here."""
+    ns = reference_namespace(assignment, also=tuple(SELF_CHECK_CONTEXT_CELLS.get(assignment, ())))
     for grade_id in checks(assignment):
+        exec(compile(self_check_code(assignment, grade_id), f"<{self_check_id(grade_id)}>",
+                     "exec"), ns)
         exec(compile(cell_code(assignment, grade_id), f"<{grade_id}>", "exec"), ns)
 
 
@@ -201,33 +236,42 @@ def test_checks_pass_the_reference_for_many_seeds(assignment, namespaces, refere
 
 #: outcome of every catalogue entry, for the summary printed at the end of the module
 _CAUGHT: dict = {}
+#: per catalogue entry, the other graded cells that fail, and those whose self-check cell
+#: fails, when the cells run as nbgrader runs them (for the same summary)
+_GRADED: dict = {}
 
 
 @pytest.fixture(scope="module")
 def catalogue_report(request):
     """Collects the mistakes' outcomes and prints the catch rate when the module is done."""
     yield _CAUGHT
-    if not _CAUGHT:
+    if not _CAUGHT and not _GRADED:
         return
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     lines = []
     write = lines.append
-    caught = [k for k, v in _CAUGHT.items() if v["caught"]]
-    named = [k for k in caught if _CAUGHT[k]["named"]]
-    write(f"\nmistake catalogue: {len(caught)} / {len(_CAUGHT)} caught by their exercise's check, "
-          f"{len(named)} of them with the expected words in the message")
-    for key, v in _CAUGHT.items():
-        if not v["caught"]:
-            write(f"  got through: {key}" + (f" (accepted: {v['accepted']})" if v["accepted"] else ""))
-    twice = [k for k, v in _CAUGHT.items() if v["others"]]
-    ran = "every check after its cell" if FULL else "the fast checks that could fail"
-    write(f"charged twice: {len(twice)} of {len(_CAUGHT)} mistakes fail a check they do not "
-          f"declare (run for each mistake: {ran})")
-    for key in twice:
-        write(f"  charged twice: {key} also fails {', '.join(_CAUGHT[key]['others'])}")
-    for key, v in _CAUGHT.items():
-        if v["declared"]:
-            write(f"  declared double charge: {key} also fails {', '.join(v['declared'])}")
+    if _CAUGHT:
+        caught = [k for k, v in _CAUGHT.items() if v["caught"]]
+        named = [k for k in caught if _CAUGHT[k]["named"]]
+        write(f"\nmistake catalogue: {len(caught)} / {len(_CAUGHT)} caught by their exercise's "
+              f"check, {len(named)} of them with the expected words in the message")
+        for key, v in _CAUGHT.items():
+            if not v["caught"]:
+                write(f"  got through: {key}"
+                      + (f" (accepted: {v['accepted']})" if v["accepted"] else ""))
+    if _GRADED:
+        twice = [k for k, v in _GRADED.items() if v["others"]]
+        warned = [k for k, v in _GRADED.items() if v["self_checks"]]
+        ran = "every graded cell after its cell" if FULL else \
+            "those of the fast checks that could fail"
+        write(f"charged twice: {len(twice)} of {len(_GRADED)} mistakes fail a graded cell they do "
+              f"not declare, the cells run as nbgrader runs them (for each mistake: {ran}); "
+              f"{len(warned)} fail another exercise's self-check cell, which scores nothing")
+        for key in twice:
+            write(f"  charged twice: {key} also fails {', '.join(_GRADED[key]['others'])}")
+        for key, v in _GRADED.items():
+            if v["declared"]:
+                write(f"  declared double charge: {key} also fails {', '.join(v['declared'])}")
     with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
         for line in lines:
             reporter.write_line(line)
@@ -237,28 +281,55 @@ MISTAKES = [m for m in check_mistakes.MISTAKES if m.assignment in ASSIGNMENTS]
 VARIANTS = [v for v in check_variants.VARIANTS if v.assignment in ASSIGNMENTS]
 
 
-@pytest.mark.parametrize("mistake", MISTAKES, ids=[f"{m.check}:{m.new[:40]}" for m in MISTAKES])
-def test_mistake_fails_its_check_once_with_a_message_that_names_it(mistake, catalogue_report,
-                                                                   reference_runs):
-    """Does this realistic mistake fail the check of its exercise, with a message that names it,
-    and no other check (but those its entry declares, with a reason)?"""
-    assert not mistake.also or mistake.why_also, "a declared double charge needs its reason"
-    downstream = [g for g in affected_checks(mistake.assignment, mistake.cell)
-                  if g != mistake.check and reference_runs[g][0] <= DOWNSTREAM_CHECK_S]
-    got = outcomes(mistake.assignment, (mistake.cell, mistake.old, mistake.new), after=mistake.cell,
-                   only=None if FULL else [mistake.check] + downstream)
+MISTAKE_IDS = [f"{m.check}:{m.new[:40]}" for m in MISTAKES]
+
+
+def _key(mistake) -> str:
+    return f"{mistake.check}: {mistake.new.strip()[:70]!r}"
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=MISTAKE_IDS)
+def test_mistake_fails_its_check_with_a_message_that_names_it(mistake, catalogue_report):
+    """Does this realistic mistake fail the check of its exercise, with a message that names it?"""
+    got = outcomes(mistake.assignment, (mistake.cell, mistake.old, mistake.new),
+                   only=[mistake.check])
     message = got[mistake.check]
     named = message is not None and all(w.lower() in message.lower() for w in mistake.words)
-    failing = {g for g, m in got.items() if m is not None}
-    others = sorted(failing - {mistake.check} - set(mistake.also))
-    catalogue_report[f"{mistake.check}: {mistake.new.strip()[:70]!r}"] = {
-        "caught": message is not None, "named": named, "others": others,
-        "declared": sorted(failing & set(mistake.also)), "accepted": mistake.accepted}
+    catalogue_report[_key(mistake)] = {"caught": message is not None, "named": named,
+                                       "accepted": mistake.accepted}
     if mistake.accepted:
         pytest.xfail(f"accepted: {mistake.accepted}")
     assert message is not None, f"{mistake.check} passed a wrong solution: {mistake.new!r}"
     assert named, f"{mistake.check}'s message lacks {mistake.words}: {message}"
-    assert not others, f"charged twice: also fails {{{', '.join(others)}}}: " + \
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=MISTAKE_IDS)
+def test_mistake_costs_no_other_graded_cell_as_nbgrader_runs_them(mistake, catalogue_report,
+                                                                  reference_runs):
+    """When nbgrader runs the notebook with this mistake, does every graded cell but its own
+    keep its points (but those its entry declares, with a reason), whatever the self-check
+    cells before them say? Each graded cell runs its whole code (the comment and the generated
+    hidden code) after its self-check cell, whose failure is ignored, as nbgrader ignores an
+    ungraded cell's error. The cells run are those of the fast checks that could fail because
+    of the mistake (``affected_checks``); with DPM_CHECKS_FULL=1, every graded cell after the
+    mistake's cell."""
+    assert not mistake.also or mistake.why_also, "a declared double charge needs its reason"
+    order = list(notebook_cells(mistake.assignment))
+    if FULL:
+        cells = [g for g in checks(mistake.assignment)
+                 if order.index(g) > order.index(mistake.cell)]
+    else:
+        cells = [g for g in affected_checks(mistake.assignment, mistake.cell)
+                 if reference_runs[g][0] <= DOWNSTREAM_CHECK_S]
+    cells = [g for g in cells if g != mistake.check]
+    got, self_checks_failed = graded_cell_outcomes(
+        mistake.assignment, (mistake.cell, mistake.old, mistake.new), only=cells) \
+        if cells else ({}, [])
+    failing = {g for g, m in got.items() if m is not None}
+    others = sorted(failing - set(mistake.also))
+    _GRADED[_key(mistake)] = {"others": others, "declared": sorted(failing & set(mistake.also)),
+                              "self_checks": sorted(set(self_checks_failed) - {mistake.check})}
+    assert not others, f"charged twice: the graded cells {others} fail too: " + \
         "; ".join(f"{g}: {got[g][:200]}" for g in others)
     missing = sorted((set(mistake.also) & set(got)) - failing)
     assert not missing, f"declared in also, but passes: {missing} (remove the declaration)"

@@ -17,8 +17,7 @@ import textwrap
 import pytest
 
 import check_variants
-from checks_harness import (BEGIN, REPO, notebook_cells, outcomes, reference_namespace,
-                            visible_part)
+from checks_harness import BEGIN, REPO, notebook_cells, outcomes, reference_namespace
 
 from course.checks._own_work import _expect_own_work
 from course.exercises import EXERCISES, resolve

@@ -3,7 +3,10 @@
 One check per graded test cell. The NVIL checks use their own copy of the notebook's PPCA
 test bed (cell ppca-testbed, built on _common.seeded_ppca), whose inference model is exact or
 a known perturbation of the posterior, so that gradients and bounds have closed forms to
-compare with; they build it with the student's NVIL.
+compare with; they build it with the student's NVIL. The control-variate checks hold their
+own copies of what the notebook's self-check cells define for them (_RecordingCV, _AddOne,
+_TimesThree, the variance measurement), so that a self-check cell that failed, or a name the
+student's kernel replaced, cannot change a grade.
 """
 
 import functools
@@ -20,6 +23,7 @@ from dpm_core import (BinarizedImageModel, GaussianPriorNet, InferenceModel, Joi
 from dpm_core.conditionals import GaussianCPDNet as ReferenceGaussianCPDNet
 from dpm_core.conditionals import MoGCPDNet as ReferenceMoGCPDNet
 from dpm_core.grading import devices, expect, expect_close, expect_distribution, expect_shape
+from dpm_core.nvil import NVIL as ReferenceNVIL
 from dpm_core.variance import Baseline as ReferenceBaseline
 
 __all__ = ["CHECKS", "check_gaussian_cpd", "check_mog_cpd", "check_nvil_drl", "check_nvil_forward",
@@ -197,6 +201,69 @@ class Spy(VarianceReduction):
     def forward(self, rewards, x=None, q=None, r_fn=None):
         self.seen = (x, q, r_fn)
         return rewards, torch.zeros_like(rewards)
+
+
+class _RecordingCV(VarianceReduction):
+    """Returns the rewards unchanged, and remembers what NVIL passed to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, r, x=None, q=None, r_fn=None):
+        self.calls.append({"r": r, "x": x, "q": q, "r_fn": r_fn})
+        return r, torch.zeros_like(r)
+
+
+class _AddOne(VarianceReduction):
+    """Adds 1 to the rewards; its loss is 2 for every reward."""
+
+    def forward(self, r, x=None, q=None, r_fn=None):
+        return r + 1, torch.full_like(r, 2.0)
+
+
+class _TimesThree(VarianceReduction):
+    """Triples the rewards; its loss is the rewards it was given."""
+
+    def forward(self, r, x=None, q=None, r_fn=None):
+        return r * 3, r.clone()
+
+
+#: the variance check (the notebook's self-checks use the same): gradient estimates per
+#: measurement, steps that fit a control variate before it is measured, and the largest share
+#: of the plain score-function gradient's variance that a control variate may leave
+_VARIANCE_REPEATS, _VARIANCE_WARM_UP, _MAX_RATIO = 50, 50, 0.5
+
+
+def _confident_image_nvil(cv_model):
+    """The same small image model for every control variate: seed 0, decoder weights scaled up."""
+    torch.manual_seed(0)
+    nvil = _image_nvil(ReferenceNVIL, cv_model=cv_model)
+    with torch.no_grad():
+        nvil.gen_model.cpd_net.decoder[-2].weight.mul_(8.0)
+    return nvil
+
+
+def _warm_up(nvil, x, steps=_VARIANCE_WARM_UP):
+    """Let running statistics settle and fit a learned baseline, with p and q fixed."""
+    params = list(nvil.cv_params())
+    opt = torch.optim.Adam(params, lr=3e-2) if params else None
+    for _ in range(steps):
+        loss = nvil(x, estimator="sfe")["loss"]
+        if opt is not None and loss.requires_grad:
+            for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+                p.grad = g
+            opt.step()
+
+
+def _score_gradient_variance(nvil, x, repeats=_VARIANCE_REPEATS):
+    """The total variance (sum over parameters) of the score-function gradient of q's parameters."""
+    runs = []
+    for _ in range(repeats):
+        nvil.zero_grad()
+        nvil(x, estimator="sfe")["loss"].backward()
+        runs.append(torch.cat([p.grad.flatten() for p in nvil.inf_params()]))
+    return torch.stack(runs).var(0).sum().item()
 
 
 def check_gaussian_cpd(ns: dict) -> None:
@@ -502,12 +569,11 @@ def check_nvil_cv_hookup(ns: dict) -> None:
     Grades the cell nvil-cv-hookup-tests.
     """
     NVIL = ns["NVIL"]
-    RecordingCV = ns["RecordingCV"]
     torch.manual_seed(1)
     for dev in devices():
         # with a sampled rate the reward is the whole ELBO integrand: log p(x) for the exact
         # posterior
-        recorder_h = RecordingCV()
+        recorder_h = _RecordingCV()
         exact_mixed = _ppca_nvil(NVIL, mixture_prior=True, cv_model=recorder_h, device=dev)
         x_h = _ppca_data(exact_mixed, 5)
         exact_mixed(x_h, sample_size=6, estimator="sfe")
@@ -737,30 +803,28 @@ def check_cv_chain(ns: dict) -> None:
 
     Grades the cell cv-chain-tests.
     """
-    AddOne = ns["AddOne"]
     CVChain = ns["CVChain"]
-    TimesThree = ns["TimesThree"]
     for dev in devices():
         r_h = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=dev)
-        out_h, loss_h = CVChain(TimesThree(), AddOne())(r_h)
+        out_h, loss_h = CVChain(_TimesThree(), _AddOne())(r_h)
         expect_close(out_h, r_h * 3 + 1, "CVChain(TimesThree(), AddOne())",
                      "apply the members in order")
         expect_close(torch.zeros_like(r_h) + loss_h, r_h + 2.0, "the chain's loss",
                      "the sum of the members' losses")
-        named = CVChain(OrderedDict(first=AddOne(), second=TimesThree()))
+        named = CVChain(OrderedDict(first=_AddOne(), second=_TimesThree()))
         expect(list(dict(named.named_children())) == ["first", "second"],
                "with an OrderedDict, name the members by its keys")
         out_named, _ = named(r_h)
         expect_close(out_named, (r_h + 1) * 3, "a chain built from an OrderedDict",
                      "apply the members in the dict's order")
-        expect(len(list(CVChain(WithParameter(), AddOne()).parameters())) == 1,
+        expect(len(list(CVChain(WithParameter(), _AddOne()).parameters())) == 1,
                "the chain must expose its members' parameters: register them with add_module")
         spy = Spy()
         q_h, fn_h, x_h = td.Normal(0.0, 1.0), (lambda z, x: z), torch.ones(2, 1, device=dev)
-        CVChain(AddOne(), spy)(r_h, x=x_h, q=q_h, r_fn=fn_h)
+        CVChain(_AddOne(), spy)(r_h, x=x_h, q=q_h, r_fn=fn_h)
         expect(spy.seen[0] is x_h and spy.seen[1] is q_h and spy.seen[2] is fn_h,
                "pass x, q and r_fn on to every member")
-        single, _ = CVChain(AddOne())(r_h)
+        single, _ = CVChain(_AddOne())(r_h)
         expect_close(single, r_h + 1, "a chain of one")
     print("CVChain passes the hidden tests")
 
@@ -771,15 +835,11 @@ def check_cv_variance(ns: dict) -> None:
     Grades the cell cv-variance-tests.
     """
     Baseline = ns["Baseline"]
-    MAX_RATIO = ns["MAX_RATIO"]
     ScaledReward = ns["ScaledReward"]
     SelfCritic = ns["SelfCritic"]
-    confident_image_nvil = ns["confident_image_nvil"]
-    plain = ns["plain"]
-    ratios = ns["ratios"]
-    score_gradient_variance = ns["score_gradient_variance"]
-    warm_up = ns["warm_up"]
-    x_cv = ns["x_cv"]
+    x_cv = (torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    plain = _score_gradient_variance(_confident_image_nvil(VarianceReduction()), x_cv)
+    ratios = {}
     # a control variate that fails the tests of its own cell is charged there, not here again
     own_tests = {"ScaledReward": lambda: _expect_scaled_reward(ScaledReward),
                  "SelfCritic": lambda: _expect_self_critic(SelfCritic),
@@ -792,13 +852,13 @@ def check_cv_variance(ns: dict) -> None:
         except AssertionError:
             print(f"{name}: not measured, it fails the tests of its own cell")
             continue
-        nvil_h = confident_image_nvil(make_cv())
-        warm_up(nvil_h, x_cv)
+        nvil_h = _confident_image_nvil(make_cv())
+        _warm_up(nvil_h, x_cv)
         torch.manual_seed(2)
-        ratios[name] = score_gradient_variance(nvil_h, x_cv) / plain
-        expect(ratios[name] < MAX_RATIO, f"{name} leaves {ratios[name]:.2f} of the score-function "
-                                         "gradient's variance; "
-                                         "it should at least halve it")
+        ratios[name] = _score_gradient_variance(nvil_h, x_cv) / plain
+        expect(ratios[name] < _MAX_RATIO, f"{name} leaves {ratios[name]:.2f} of the "
+                                          "score-function gradient's variance; it should at "
+                                          "least halve it")
     print("the control variates measured here at least halve the variance")
 
 
