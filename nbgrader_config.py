@@ -58,8 +58,10 @@ c.FeedbackExporter.extra_template_basedirs = [str(TEMPLATES)]
 
 # a warning printed by correct code is not a failed test (nbgrader scores any stderr output 0);
 # a kernel that dies or hangs costs only the cells it did not pass, and says why
-from course.grading_plugins import autograde_preprocessors  # noqa: E402
+from course.grading_plugins import autograde_preprocessors, sanitize_preprocessors  # noqa: E402
 
 c.Autograde.autograde_preprocessors = autograde_preprocessors()
 # a test cell that a student deleted, or whose metadata they stripped, comes back and runs
+# (RestoreTestCells: after its self-check cell, which nbgrader's OverwriteCells cannot place)
+c.Autograde.sanitize_preprocessors = sanitize_preprocessors()
 c.OverwriteCells.add_missing_cells = True

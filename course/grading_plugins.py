@@ -5,7 +5,9 @@
 * :class:`BoundedExecute`: nbgrader's ``Execute`` with a time budget per notebook, a cap on
   the output kept per cell, and a kernel that dies (memory cap, crash, ``os._exit``) or
   will not stop costing only the cells that did not run, with the reason written down;
-  a test cell earns its points only with the grading guard's pass token (``course.guard``).
+  a test cell earns its points only with the grading guard's pass token (``course.guard``);
+* :class:`RestoreTestCells`: nbgrader's ``OverwriteCells``, whose restored test cells find
+  their place after a self-check cell too.
 """
 
 import json
@@ -15,9 +17,10 @@ from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
+from nbformat import from_dict
 from nbformat.v4 import new_output
 from nbgrader import utils
-from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
 from traitlets import Bool, Integer, Unicode
 
 from course.guard import GUARD_NAME, GuardSession, scan_source
@@ -51,6 +54,39 @@ class HideHiddenTests(NbGraderPreprocessor):
                 if output.get("output_type") == "error":
                     output["traceback"] = [_ANSI.sub("", f"{output['ename']}: {output['evalue']}")]
         return cell, resources
+
+
+class RestoreTestCells(OverwriteCells):
+    """nbgrader's ``OverwriteCells``, whose ``add_missing_cells`` also places a test cell that
+    the student deleted (or whose metadata they stripped) when the cell before it in the source
+    is locked but neither graded nor a solution, as the self-check cell before each test cell is.
+
+    nbgrader 0.9 puts a missing test cell right after the source cell before it, looked up
+    among the submission's solution and graded cells only: a self-check cell there is not
+    found (KeyError) and the notebook is not graded at all. Here that cell is looked up among
+    all the submission's cells with a grade id, going further back past cells that are missing
+    too (to the top of the notebook when none is left).
+    """
+
+    def add_missing_grade_cells(self, nb, resources):
+        source_nb = self.gradebook.find_notebook(self.notebook_id, self.assignment_id)
+        source_cells = list(source_nb.source_cells)
+        source_ids = [cell.name for cell in source_cells]
+        grade_cells = {cell.name: cell for cell in source_nb.grade_cells}
+        solution_ids = {cell.name for cell in source_nb.solution_cells}
+        for position, grade_id in enumerate(source_ids):
+            present = {c.metadata.nbgrader["grade_id"] for c in nb.cells
+                       if utils.is_grade(c) or utils.is_solution(c)}
+            if grade_id not in grade_cells or grade_id in present:
+                continue
+            self.log.warning(f"Missing grade cell {grade_id} encountered, adding to notebook")
+            where = {c.metadata["nbgrader"]["grade_id"]: i for i, c in enumerate(nb.cells)
+                     if c.metadata.get("nbgrader", {}).get("grade_id")}
+            before = next((where[p] for p in reversed(source_ids[:position]) if p in where), -1)
+            nb.cells.insert(before + 1, from_dict(self.missing_cell_transform(
+                source_cells[position], grade_cells[grade_id].max_score,
+                is_solution=grade_id in solution_ids)))
+        return nb, resources
 
 
 class WarningsAreNotFailures(NbGraderPreprocessor):
@@ -321,4 +357,14 @@ def autograde_preprocessors() -> list:
     steps = list(Autograde.class_traits()["autograde_preprocessors"].default())
     steps[steps.index(Execute)] = BoundedExecute
     steps.insert(steps.index(SaveAutoGrades), WarningsAreNotFailures)
+    return steps
+
+
+def sanitize_preprocessors() -> list:
+    """nbgrader's sanitize preprocessors (run by autograde before it executes anything) with
+    RestoreTestCells for OverwriteCells."""
+    from nbgrader.converters import Autograde
+
+    steps = list(Autograde.class_traits()["sanitize_preprocessors"].default())
+    steps[steps.index(OverwriteCells)] = RestoreTestCells
     return steps

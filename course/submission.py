@@ -227,13 +227,14 @@ def _config(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap]) -> 
     """The scratch course's nbgrader_config.py."""
     limits = job.limits
     lines = [
-        "from course.grading_plugins import autograde_preprocessors",
+        "from course.grading_plugins import autograde_preprocessors, sanitize_preprocessors",
         "c = get_config()  # noqa: F821",
         f"c.CourseDirectory.root = {str(course)!r}",
         "c.CourseDirectory.course_id = 'dpm-course'",
         f"c.CourseDirectory.db_url = {'sqlite:///' + str(course / 'gradebook.db')!r}",
         "c.Autograde.autograde_preprocessors = autograde_preprocessors()",
         # a test cell the student deleted (or whose metadata they stripped) comes back and runs
+        "c.Autograde.sanitize_preprocessors = sanitize_preprocessors()",
         "c.OverwriteCells.add_missing_cells = True",
         f"c.BoundedExecute.timeout = {int(limits.cell_timeout)}",
         f"c.BoundedExecute.notebook_timeout = {int(limits.notebook_timeout)}",
