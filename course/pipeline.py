@@ -75,6 +75,27 @@ def nbgrader(args: list[str], root: Path, quiet: bool = True) -> None:
         print(output.strip())
 
 
+def forget_simulated_students(root: Path, assignments: list[dict], students: list[str]) -> None:
+    """Remove the simulated students' earlier submissions from the gradebook (if any).
+
+    nbgrader refuses to regenerate an assignment whose cells changed while submissions to it
+    exist; the pipeline's own students are made up again on every run, so theirs may go.
+    Real students' submissions stay, and with them nbgrader's refusal.
+    """
+    db = root / "course" / "gradebook.db"
+    if not db.exists():
+        return
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(f"sqlite:///{db}") as gb:
+        for a in assignments:
+            for student in students:
+                try:
+                    gb.remove_submission(a["name"], student)
+                except MissingEntry:
+                    pass
+
+
 def generate_release(root: Path, assignments: list[dict]) -> None:
     """``source/<a>`` -> ``release/<a>`` for every assignment.
 
@@ -168,6 +189,7 @@ def run(root: Path = REPO, assignments: list[dict] | None = None,
     (root / "course").mkdir(exist_ok=True)
     print(f"1. generating the release of {len(assignments)} assignments")
     start = time.perf_counter()
+    forget_simulated_students(root, assignments, [*STUDENTS, HOSTILE])
     generate_release(root, assignments)
     print(f"   release/ written in {time.perf_counter() - start:.1f} s")
 
