@@ -33,6 +33,7 @@ of the submitted cells (``course.guard.scan_source``) is the second line.
 import json
 import os
 import sys
+import threading
 
 #: modules whose attributes the checks rely on
 _MODULES = ("builtins", "math", "torch", "torch.nn", "torch.nn.functional", "torch.distributions",
@@ -143,9 +144,22 @@ class _Guard:
         found += self._ipython_changes()
         if self._torch_modes() != self._modes:
             found.append("a torch function or dispatch mode was left active")
+        if self._student_threads():
+            found.append("a background thread runs the student's code (it could change the "
+                         "grading machinery between the guard's checks)")
         if (sys.gettrace(), sys.getprofile()) != self._hooks:
             found.append("a trace or profile function (sys.settrace, sys.setprofile) was set")
         return found
+
+    def _student_threads(self) -> bool:
+        """Whether a thread other than this one has the student's code on its stack (threads
+        of ``threading`` and of ``_thread`` alike)."""
+        for ident, frame in sys._current_frames().items():
+            while ident != threading.get_ident() and frame is not None:
+                if self._student_code(frame.f_code.co_filename):
+                    return True
+                frame = frame.f_back
+        return False
 
     def _same(self, old, new) -> bool:
         """Whether ``new`` is ``old``, or a library's wrapper of it (torch wraps some of its

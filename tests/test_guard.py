@@ -144,3 +144,25 @@ def test_the_guard_in_a_kernel_signs_a_pass_then_reports_a_replaced_function(ker
     reply = _run(kernel, "x = 2", user_expressions={"token": session.expression("b")})
     status, reasons = session.verdict("b", reply)
     assert status == "tampered" and any("torch.allclose was replaced" in r for r in reasons)
+
+
+def test_the_guard_sees_a_thread_that_patches_between_its_checks(kernel, tmp_path):
+    """Is a background thread that patches torch.allclose and restores it between the
+    guard's checks (so that a check may find the original) reported on every token?"""
+    session = GuardSession(tmp_path)
+    assert _run(kernel, session.install_code([]), silent=True, store_history=False)["status"] == "ok"
+    _run(kernel, """import torch
+_t, _orig = torch, torch.allclose
+def _flip():
+    import time as _tm
+    while True:
+        _t.allclose = lambda *a, **k: True
+        _tm.sleep(0.001)
+        _t.allclose = _orig
+        _tm.sleep(0.05)
+_t.sys.modules['threading'].Thread(target=_flip, daemon=True).start()
+""")
+    for n in range(5):
+        reply = _run(kernel, "x = 1", user_expressions={"token": session.expression(f"t{n}")})
+        status, reasons = session.verdict(f"t{n}", reply)
+        assert status == "tampered" and any("background thread" in r for r in reasons), reasons
