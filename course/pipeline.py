@@ -116,12 +116,18 @@ def generate_release(root: Path, assignments: list[dict]) -> None:
 def submit(root: Path, assignments: list[dict], student: str, origin: str) -> None:
     """Copy ``origin/<a>/*.ipynb`` (origin is ``source`` or ``release``) as the student's submission."""
     for a in assignments:
-        target = root / "course" / "submitted" / student / a["name"]
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
+        target = _empty_submission(root, student, a["name"])
         for nb in a["notebooks"]:
             shutil.copy(root / origin / a["name"] / f"{nb}.ipynb", target / f"{nb}.ipynb")
+
+
+def _empty_submission(root: Path, student: str, assignment: str) -> Path:
+    """``course/submitted/<student>/<assignment>``, emptied (made if missing)."""
+    target = root / "course" / "submitted" / student / assignment
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    return target
 
 
 def submit_hostile(root: Path, assignments: list[dict], port: int) -> None:
@@ -130,10 +136,7 @@ def submit_hostile(root: Path, assignments: list[dict], port: int) -> None:
     import nbformat
 
     for a in assignments:
-        target = root / "course" / "submitted" / HOSTILE / a["name"]
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
+        target = _empty_submission(root, HOSTILE, a["name"])
         for nb in a["notebooks"]:
             notebook = nbformat.read(root / "release" / a["name"] / f"{nb}.ipynb", 4)
             code = HOSTILE_CELL.format(root=str(root), assignment=a["name"], notebook=nb, port=port)

@@ -46,36 +46,29 @@ if ! have_data; then
     fi
 fi
 
-# 3. Bubblewrap, the sandbox that grading runs student code in (course/sandbox.py).
-if ! command -v bwrap >/dev/null; then
+# Install a Debian package as root (apt-get), or say what to install.
+# Usage: apt_install PACKAGE "what it is for" "what happens without it"
+apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "setup: installing Debian's bubblewrap (the grading sandbox)"
-        { apt-get update -qq >/dev/null; apt-get install -y -qq bubblewrap >/dev/null; } \
-            || echo "setup: could not install bubblewrap; grading will refuse to run student code"
+        echo "setup: installing Debian's $1 ($2)"
+        { apt-get update -qq >/dev/null; apt-get install -y -qq "$1" >/dev/null; } \
+            || echo "setup: could not install $1; $3"
     else
-        echo "setup: bwrap not found: install bubblewrap (e.g. sudo apt-get install bubblewrap) to grade"
+        echo "setup: $1 is missing: install it (e.g. sudo apt-get install $1) for $2; $3"
     fi
-fi
+}
+
+# 3. Bubblewrap, the sandbox that grading runs student code in (course/sandbox.py).
+command -v bwrap >/dev/null \
+    || apt_install bubblewrap "the grading sandbox" "grading will refuse to run student code"
 
 # 4. MathJax for the feedback pages, which carry a copy so that formulas render offline
 #    (course/feedback.py); without it the pages load MathJax from a CDN.
-if [ ! -f /usr/share/javascript/mathjax/MathJax.js ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "setup: installing Debian's libjs-mathjax (formulas in the feedback pages)"
-        { apt-get update -qq >/dev/null; apt-get install -y -qq libjs-mathjax >/dev/null; } \
-            || echo "setup: could not install libjs-mathjax; feedback pages will load MathJax from a CDN"
-    else
-        echo "setup: MathJax not found: install libjs-mathjax (e.g. sudo apt-get install libjs-mathjax) for offline formulas in feedback"
-    fi
-fi
+[ -f /usr/share/javascript/mathjax/MathJax.js ] \
+    || apt_install libjs-mathjax "formulas in the feedback pages" \
+                   "feedback pages will load MathJax from a CDN"
 
 # 5. Chromium for the widgets' browser test (the test skips itself without it).
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "setup: installing Debian's chromium for the browser test"
-        { apt-get update -qq >/dev/null; apt-get install -y -qq chromium >/dev/null; } \
-            || echo "setup: could not install chromium; the browser test will be skipped"
-    else
-        echo "setup: /usr/bin/chromium not found; the browser test will be skipped"
-    fi
+    apt_install chromium "the browser test" "the browser test will be skipped"
 fi
