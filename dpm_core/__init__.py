@@ -42,7 +42,8 @@ ppca          probabilistic PCA, the linear-Gaussian model with exact answers
 vae           the compact first VAE (``reparametrise``, ``loss_func``)
 training      :func:`train_vae`, :func:`assess`, :class:`OptCollection`
 data          tensor-resident FashionMNIST / MNIST (a package)
-plotting      image grids, training curves, latent scatter plots
+plotting      image grids, training curves, model figures, latent plots
+              (a package)
 widgets       interactive latent explorer, interpolation and posterior views
               (a package)
 utils         argument checks shared by the modules
@@ -53,12 +54,12 @@ Shape letters
 -------------
 Shape comments such as ``# [S, B, K]`` use one meaning per letter: S samples,
 B batch, N items of a data set (a split, or the test images a view encodes),
-C mixture components, K latent size, D data dimensions, H hidden size, T points
-along a path. Images alone keep torch's ``[C, H, W]`` (channels, height,
-width), always in that group of three. (``D``, ``R`` and ``L`` as *names*, the distortion, rate and
-log-likelihood of :meth:`NVIL.DRL`, are not shape letters.) ``batch_shape`` and
-``event_shape`` follow ``torch.distributions``: every ``log_prob`` returns one
-number per batch element.
+M mixture components, K latent size, D data dimensions, U hidden units (the
+hidden size), T points along a path, and for images torch's ``[C, H, W]``:
+C channels, H height, W width. (``D``, ``R`` and ``L`` as *names*, the
+distortion, rate and log-likelihood of :meth:`NVIL.DRL`, are not shape
+letters.) ``batch_shape`` and ``event_shape`` follow ``torch.distributions``:
+every ``log_prob`` returns one number per batch element.
 """
 
 from .conditionals import BinarizedImageModel, ContinuousImageModel, CPDNet, GaussianCPDNet, MoGCPDNet

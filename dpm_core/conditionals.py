@@ -86,7 +86,7 @@ class GaussianCPDNet(CPDNet):
 
 
 class MoGCPDNet(CPDNet):
-    """A mixture of C mean-field Gaussians whose weights, locations and scales depend on the input.
+    """A mixture of M mean-field Gaussians whose weights, locations and scales depend on the input.
 
     The mixture has no ``rsample``: NVIL trains it with the score-function estimator.
 
@@ -95,7 +95,7 @@ class MoGCPDNet(CPDNet):
         num_inputs: size of the rightmost dimension of the inputs.
         hidden_size: size of an optional ReLU hidden layer (``None`` or 0 for none).
         p_drop: dropout rate before every linear layer.
-        num_components: C, the number of components.
+        num_components: M, the number of components.
     """
 
     def __init__(self, outcome_shape: ShapeLike, num_inputs: int, hidden_size: int | None = None,
@@ -119,7 +119,7 @@ class MoGCPDNet(CPDNet):
     def forward(self, inputs: Tensor) -> td.Distribution:
         """Return ``MixtureSameFamily`` with batch_shape ``inputs.shape[:-1]`` and
         event_shape ``outcome_shape``; its components have batch_shape
-        ``inputs.shape[:-1] + (C,)``."""
+        ``inputs.shape[:-1] + (M,)``."""
         h = self.encoder(inputs)
         comps = td.Independent(td.Normal(loc=self.locs(h), scale=self.scales(h)),
                                len(self.outcome_shape))

@@ -67,7 +67,7 @@ class GaussianPriorNet(PriorNet):
 
 
 class MoGPriorNet(PriorNet):
-    """A trainable mixture of C diagonal Gaussians.
+    """A trainable mixture of M diagonal Gaussians.
 
     p(z) = sum_c w_c prod_k N(z_k | mu_{c,k}, s_{c,k}^2), with mixing weights
     ``w = softmax(logits)``, locations ``mu`` initialised uniformly in
@@ -76,7 +76,7 @@ class MoGPriorNet(PriorNet):
 
     Args:
         outcome_shape: the latent's shape, e.g. ``K`` or ``(K,)``.
-        num_components: C, the number of mixture components.
+        num_components: M, the number of mixture components.
         lbound: lower end of the initial locations.
         rbound: upper end of the initial locations.
 
@@ -92,7 +92,7 @@ class MoGPriorNet(PriorNet):
             raise ValueError(f"lbound must be smaller than rbound, got lbound={lbound}, "
                              f"rbound={rbound}")
         self.num_components = num_components
-        shape = (num_components,) + self.outcome_shape  # [C, K]
+        shape = (num_components,) + self.outcome_shape  # [M, K]
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(torch.empty(shape).uniform_(lbound, rbound))
         # softplus^{-1}(1) = log(e - 1), so every scale starts at exactly 1
@@ -100,7 +100,7 @@ class MoGPriorNet(PriorNet):
 
     @property
     def scales(self) -> torch.Tensor:
-        """The positive component scales, ``softplus(raw_scales)``, shape ``[C] + outcome_shape``."""
+        """The positive component scales, ``softplus(raw_scales)``, shape ``[M] + outcome_shape``."""
         return F.softplus(self.raw_scales)
 
     def forward(self, batch_shape: ShapeLike) -> td.Distribution:
@@ -109,10 +109,10 @@ class MoGPriorNet(PriorNet):
         Returns:
             ``td.MixtureSameFamily`` with batch_shape ``batch_shape`` and event_shape
             ``outcome_shape``; its component distribution has batch_shape
-            ``batch_shape + (C,)``.
+            ``batch_shape + (M,)``.
         """
         batch_shape = as_shape("batch_shape", batch_shape)
-        shape = batch_shape + (self.num_components,) + self.outcome_shape  # [B, C, K]
+        shape = batch_shape + (self.num_components,) + self.outcome_shape  # [B, M, K]
         comps = td.Independent(
             td.Normal(loc=self.locs.expand(shape), scale=self.scales.expand(shape)),
             len(self.outcome_shape),
@@ -122,7 +122,7 @@ class MoGPriorNet(PriorNet):
 
 
 class CategoricalPriorNet(PriorNet):
-    """A fixed uniform prior over the C one-hot vectors of length C.
+    """A fixed uniform prior over the K one-hot vectors of length K.
 
     Its support is finite, so ``JointDistribution.log_marginal`` and
     ``posterior`` can enumerate it exactly (``enumerate_fn=lambda p:
@@ -130,7 +130,7 @@ class CategoricalPriorNet(PriorNet):
     answers.
 
     Args:
-        num_categories: C.
+        num_categories: K, the latent size.
     """
 
     def __init__(self, num_categories: int):
@@ -139,6 +139,6 @@ class CategoricalPriorNet(PriorNet):
         self.register_buffer("logits", torch.zeros(num_categories))
 
     def forward(self, batch_shape: ShapeLike) -> td.Distribution:
-        """Return a OneHotCategorical with batch_shape ``batch_shape`` and event_shape ``(C,)``."""
+        """Return a OneHotCategorical with batch_shape ``batch_shape`` and event_shape ``(K,)``."""
         shape = as_shape("batch_shape", batch_shape) + self.outcome_shape
         return td.OneHotCategorical(logits=self.logits.expand(shape))

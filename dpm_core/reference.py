@@ -44,8 +44,8 @@ def build_reference_vae(latent_size: int = 16, hidden_size: int = 256, width: in
 
     Args:
         latent_size: K.
-        hidden_size: H of the decoder's hidden layers; the encoder's hidden layers
-            have H units too and its output 2H.
+        hidden_size: U of the decoder's hidden layers; the encoder's hidden layers
+            have U units too and its output 2U.
         width: image width.
         height: image height.
         p_drop: dropout rate of the decoder.

@@ -64,7 +64,7 @@ def loss_func(recon_x: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     if recon_x.shape != x.shape:
         raise ValueError(f"recon_x and x must have the same shape, got {tuple(recon_x.shape)} "
                          f"and {tuple(x.shape)}")
-    nll = F.binary_cross_entropy(recon_x, x, reduction="none").sum(-1)  # [N]
+    nll = F.binary_cross_entropy(recon_x, x, reduction="none").sum(-1)  # [B]
     return (nll + KL(mu, logvar)).mean()
 
 

@@ -91,7 +91,7 @@ def gaussian_components(dist: td.Distribution) -> list[tuple[float, Tensor, Tens
         each component of a ``MixtureSameFamily`` of them; an empty list otherwise.
     """
     if isinstance(dist, td.MixtureSameFamily):
-        weights = dist.mixture_distribution.probs.reshape(-1)  # [C]
+        weights = dist.mixture_distribution.probs.reshape(-1)  # [M]
         comps = dist.component_distribution
         base = comps.base_dist if isinstance(comps, td.Independent) else comps
         if not isinstance(base, td.Normal):
