@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torch.testing import assert_close
 
@@ -376,6 +377,82 @@ def test_interpolator_clicks_pick_a_then_b():
         view._pad._on_release(None)
         assert getattr(view, end) == index
     assert_close(view.image, decoded(model, lerp(codes[11], codes[23], view.t)))
+
+
+def largest_black_square(pixels: np.ndarray) -> int:
+    """The side in pixels of the largest all-black square of an RGB(A) picture."""
+    black = (pixels[..., :3] <= 5).all(-1).astype(np.int64)
+    sums = np.pad(black.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+
+    def fits(k: int) -> bool:
+        windows = sums[k:, k:] - sums[:-k, k:] - sums[k:, :-k] + sums[:-k, :-k]
+        return bool((windows == k * k).any())
+
+    low, high = 0, min(black.shape)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+def test_interpolator_static_picture_is_mostly_images():
+    """Without a widget front end, are the interpolator's images large (the black test images
+    A and B at least 0.8 inch wide at the saved dpi) and do they fill the picture (at least
+    45% of it not white; the old layout, a plot of the plane beside thumbnails of 42 pixels,
+    had 12%)?"""
+    x, labels = make_data()
+    x[:2] = 0.0  # A = #0 and B = #1 (another class) are black squares; decoded images are grey
+    view = Interpolator(make_model(2), x, labels)
+    assert (view.i, view.j) == (0, 1)
+    pixels = png_pixels(view.static_png())
+    side = largest_black_square(pixels)
+    assert side >= 0.8 * widgets.render.STATIC_DPI, f"the test images are {side} px wide"
+    covered = 1.0 - (pixels[..., :3] >= 250).all(-1).mean()
+    assert covered >= 0.45, f"images and text cover {covered:.0%} of the picture"
+    assert pixels.shape[1] <= 1100  # as wide as a notebook's output area
+
+
+def save_interpolator_picture(path: Path, epochs: int = 8) -> Figure:
+    """docs/interpolator-static.png: the static interpolator of a briefly trained 2-D VAE.
+
+    The reference VAE (K = 2, H = 128) is trained for ``epochs`` epochs over 8000
+    FashionMNIST training images (about 4 s on one CPU thread), then interpolates from the
+    first test image to the first of another class. Raises RuntimeError where FashionMNIST
+    is not at hand (nothing is downloaded).
+    """
+    from dpm_core.data import load_fashion_mnist
+    from dpm_core.plotting import FASHION_MNIST_CLASSES
+    from dpm_core.reference import init_decoder_bias
+
+    splits = load_fashion_mnist(download=False, dev_size=1000)
+    x = splits.train[:8000][0]
+    model = build_reference_vae(latent_size=2, hidden_size=128)
+    init_decoder_bias(model, x)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x)).split(100):
+            loss = model(x[batch])["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    view = Interpolator(model, splits.test, class_names=FASHION_MNIST_CLASSES, num_points=500)
+    fig = view.static_figure()
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(widgets.render.figure_png(fig))
+    return fig
+
+
+def test_interpolator_static_picture_for_the_readme():
+    """Does the static picture of a briefly trained FashionMNIST model say what is
+    interpolated, from which test image to which? Saves docs/interpolator-static.png."""
+    try:
+        fig = save_interpolator_picture(REPO / "docs" / "interpolator-static.png")
+    except RuntimeError as err:
+        pytest.skip(f"FashionMNIST is not at hand: {str(err).splitlines()[0]}")
+    title = fig.texts[0].get_text()
+    assert "test image A (#0 · Ankle boot)" in title and "test image B (#1 · Pullover)" in title
+    labels = {text.get_text() for ax in fig.axes for text in ax.texts}
+    assert {"A", "B", "#0\nAnkle boot", "#1\nPullover", "straight", "spherical"} <= labels
 
 
 # ----------------------------------------------------------------------------- posterior

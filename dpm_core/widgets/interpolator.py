@@ -9,14 +9,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..plotting import image_grid
 from ..utils import index, one_of, positive_int
 from .geometry import PATH_FNS, PATHS, nearest
-from .render import MARKER_COLOUR, PATH_COLOUR, SAMPLE_COLOUR, STATIC_DPI, grid_png
+from .render import MARKER_COLOUR, PATH_COLOUR, STATIC_DPI, ends_and_paths_grid, grid_png
 from .ui import Pad, caption, header, ipywidgets
 from .view import ImagesLike, LatentView
 
 __all__ = ["Interpolator"]
+
+#: the static figure's images are at most about this many pixels wide (a notebook's output
+#: area), and the figure at least the second, for its title
+_STATIC_WIDTH, _STATIC_MIN_WIDTH = 1080, 720
 
 
 class Interpolator(LatentView):
@@ -239,31 +242,55 @@ class Interpolator(LatentView):
             self._pad.refresh()
 
     def static_figure(self) -> Figure:
-        """The two images, both paths decoded at ``steps`` points, and the paths in the plane."""
-        fig = Figure(figsize=(11.5, 4.6), dpi=STATIC_DPI, layout="constrained")
-        ax_pad, ax_rows = fig.subplots(1, 2, width_ratios=[1, 1.5])
-        self._draw_codes(ax_pad, alpha=0.35, legend=False)
-        rows, lines = [], []
-        for path, colour in zip(PATHS, (PATH_COLOUR, SAMPLE_COLOUR)):
-            codes = PATH_FNS[path](self._z_a, self._z_b, torch.linspace(0, 1, 64))
-            uv = self.plane.project(codes)
-            lines += ax_pad.plot(uv[:, 0], uv[:, 1], color=colour, lw=2, label=path)
-            rows.append(self.decode(PATH_FNS[path](self._z_a, self._z_b,
-                                                    torch.linspace(0, 1, self.steps))))
-        ends = self.plane.project(torch.stack([self._z_a, self._z_b]))
-        for name, (u, v) in zip("AB", ends.tolist()):
-            ax_pad.annotate(name, (u, v), xytext=(5, 5), textcoords="offset points",
-                            fontweight="bold")
-        ax_pad.legend(handles=lines, loc="best", fontsize="small")
-        ax_pad.set_title("paths between the codes of A and B")
-        originals = self.x[[self._i, self._j]].reshape((2,) + self.image_shape).float().cpu()
-        blank = torch.ones((1,) + self.image_shape)
-        images = torch.cat([originals[:1], blank, rows[0], blank, originals[1:],
-                            originals[:1], blank, rows[1], blank, originals[1:]])
-        ax_rows.imshow(image_grid(images, nrow=self.steps + 4), interpolation="nearest")
-        ax_rows.set_axis_off()
-        ax_rows.set_title(f"A {self._label_text(self._i)} → B {self._label_text(self._j)}: "
-                          f"straight line (top), spherical (bottom)")
-        fig.suptitle("Interpolation (static view)")
-        return fig
+        """The decoded paths from A to B, straight (top row) and spherical (bottom row).
 
+        Each row starts with test image A and ends with test image B; between them the
+        decoder mean E[x|z(t)] at ``steps`` evenly spaced t. The images are shown at an
+        integer scale, the widget's thumbnail size when the figure stays under about
+        :data:`_STATIC_WIDTH` pixels, so that their pixels stay square and sharp, and the
+        figure is cut to them and their labels.
+        """
+        t = torch.linspace(0.0, 1.0, self.steps)
+        paths = torch.stack([self.decode(PATH_FNS[path](self._z_a, self._z_b, t))
+                             for path in PATHS])  # [R, T, C, H, W]
+        a, b = self.x[[self._i, self._j]].reshape((2,) + self.image_shape).float().cpu()
+        grid, xs, ys = ends_and_paths_grid(a, b, paths)
+        scale = max(1, min(self.scale // 2, _STATIC_WIDTH // grid.shape[1]))
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+        xs, ys = [scale * x for x in xs], [scale * y for y in ys]
+        thumb = scale * self.image_shape[-1]
+
+        # the layout in pixels: the title, the t labels, the images, the names of A and B
+        left, right, top, bottom = 30, 12, 78, 44
+        height, width = grid.shape[:2]
+        fig_w, fig_h = max(left + width + right, _STATIC_MIN_WIDTH), top + height + bottom
+        fig = Figure(figsize=(fig_w / STATIC_DPI, fig_h / STATIC_DPI), dpi=STATIC_DPI)
+        ax = fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
+        # the axes holds the array at one figure pixel per array pixel
+        ax.imshow(grid, interpolation="nearest", extent=(0, width, height, 0))
+        ax.set_axis_off()
+
+        text = dict(clip_on=False, fontsize=9)
+        for name, x, end in (("A", xs[0], self._i), ("B", xs[-1], self._j)):
+            ax.text(x, -4, name, ha="center", va="bottom", fontweight="bold", fontsize=11,
+                    clip_on=False)
+            ax.text(x, height + 4, self._label_text(end).replace(" · ", "\n"), ha="center",
+                    va="top", **text)
+        for x, value in zip(xs[1:-1], t.tolist()):
+            ax.text(x, -4, f"t = {value:.3g}" if value == 0 else f"{value:.3g}", ha="center",
+                    va="bottom", **text)
+        ax.text((xs[1] + xs[-2]) / 2, height + 4, "E[x|z(t)], the decoder mean along the path",
+                ha="center", va="top", color="0.3", **text)
+        if thumb >= 60:  # the names fit beside the rows
+            for y, name in zip(ys, ("straight", "spherical")):
+                ax.text(-6, y, name, ha="right", va="center", rotation=90, **text)
+
+        fig.text(left / fig_w, 1 - 8 / fig_h,
+                 f"Interpolation from test image A ({self._label_text(self._i)}) "
+                 f"to test image B ({self._label_text(self._j)})",
+                 ha="left", va="top", fontsize=12, fontweight="bold")
+        fig.text(left / fig_w, 1 - 30 / fig_h,
+                 "z(t) from z_A to z_B, the means of q(z|x): straight line (top row), "
+                 "spherical path, slerp (bottom row)",
+                 ha="left", va="top", fontsize=10, color="0.3")
+        return fig

@@ -19,7 +19,8 @@ from ..plotting import image_grid
 from .geometry import ELLIPSE_SD
 
 __all__ = ["MARKER_COLOUR", "PATH_COLOUR", "SAMPLE_COLOUR", "STATIC_DPI", "to_uint8", "png_bytes",
-           "grid_png", "figure_png", "vector_text", "ellipse", "move_ellipse"]
+           "grid_png", "ends_and_paths_grid", "figure_png", "vector_text", "ellipse",
+           "move_ellipse"]
 
 MARKER_COLOUR = "#d62728"
 PATH_COLOUR = "#111111"
@@ -48,6 +49,39 @@ def grid_png(images: Tensor, nrow: int, width: int) -> bytes:
     grid = image_grid(images, nrow=nrow)  # [h, w, 3]
     pixels = (np.clip(grid, 0.0, 1.0) * 255).round().astype(np.uint8)
     return png_bytes(pixels, scale=max(1, width // pixels.shape[1]))
+
+
+def ends_and_paths_grid(a: Tensor, b: Tensor, paths: Tensor, padding: int = 2,
+                        gap: int = 4) -> tuple[np.ndarray, list[float], list[float]]:
+    """Rows of decoded paths between a column of image A and a column of image B.
+
+    Row r is ``a``, the T images ``paths[r]``, then ``b``; the end columns stand ``gap``
+    pixels further apart from the path than the path's images from each other, so that
+    the test images read apart from the decoded ones.
+
+    Args:
+        a: image A ``[C, H, W]``.
+        b: image B ``[C, H, W]``.
+        paths: R paths of T images each, ``[R, T, C, H, W]``.
+        padding: white pixels around each image, as in :func:`image_grid`.
+        gap: extra white pixels between an end column and the path.
+
+    Returns:
+        The RGB array ``[h, w, 3]`` (floats in [0, 1]), the x centres of its T + 2
+        columns (A, the path, B) and the y centres of its R rows, in pixels of the array.
+    """
+    R, T = paths.shape[:2]
+    H, W = paths.shape[-2:]
+    column_a = image_grid(a[None].expand(R, -1, -1, -1), nrow=1, padding=padding)
+    column_b = image_grid(b[None].expand(R, -1, -1, -1), nrow=1, padding=padding)
+    middle = image_grid(paths, nrow=T, padding=padding)  # [R, T] read row by row
+    space = np.ones((middle.shape[0], gap, 3), dtype=middle.dtype)
+    grid = np.concatenate([column_a, space, middle, space, column_b], axis=1)
+    step = W + padding
+    inner = [column_a.shape[1] + gap + padding + t * step + W / 2 for t in range(T)]
+    xs = [padding + W / 2] + inner + [grid.shape[1] - padding - W / 2]
+    ys = [padding + r * (H + padding) + H / 2 for r in range(R)]
+    return grid, xs, ys
 
 
 def figure_png(fig: Figure) -> bytes:
