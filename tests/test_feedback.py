@@ -15,7 +15,6 @@ the README. It is skipped without Chromium, playwright or Debian's ``libjs-mathj
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
 from pathlib import Path
@@ -23,15 +22,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from browser import CHROMIUM, CHROMIUM_ARGS
 from course import pipeline
 from course.feedback import FeedbackExporter, ScoreSummary
 
 REPO = Path(__file__).resolve().parent.parent
 ASSIGNMENT = {"name": "vae_basics", "notebooks": ["vae_basics"]}
 STUDENT = "pending-student"
-CHROMIUM = Path(os.environ.get("DPM_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = REPO / "docs" / "feedback.png"
 #: the KL with its sign flipped: kl-formula-tests fails with a hint naming the mistake
 WRONG_KL = ("def KL(mu, logvar):\n"

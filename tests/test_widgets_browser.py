@@ -7,50 +7,27 @@ in Chromium through Playwright's sync API, moves the z_0 slider with the keyboar
 clicks on the pad, and checks each time that the rendered image changed. The server
 is stopped in the fixture's teardown, whatever happens.
 
-Playwright's own browsers are never downloaded (no ``playwright install``): the test
-drives ``/usr/bin/chromium`` (Debian's ``chromium`` package; another binary can be
-named in ``DPM_CHROMIUM``) and is skipped when it or the ``playwright`` package is
-missing.
+The server and the browser come from ``tests/browser.py``; the test is skipped without
+Debian's Chromium or the ``playwright`` package.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import re
-import secrets
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path(os.environ.get("DPM_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from browser import chromium_page, jupyter_server, needs_chromium
 
 #: time limits (seconds) of the steps; together they bound the test at about two minutes
 LAB_START_TIMEOUT = 90
 NOTEBOOK_TIMEOUT = 90
 UPDATE_TIMEOUT = 30
 
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason=f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                              f"DPM_CHROMIUM)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                       reason="playwright is not installed (pip install playwright; the test "
-                              "uses Debian's Chromium, not Playwright's browsers)"),
-]
+pytestmark = needs_chromium
 
 #: the notebook the test runs: the explorer of a tiny untrained model over random images
 NOTEBOOK_CELLS = [
@@ -75,103 +52,6 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
                                  "language": "python"}
     nbformat.write(nb, path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def jupyter_lab(root: Path, timeout: float = LAB_START_TIMEOUT) -> Iterator[str]:
-    """Run JupyterLab on ``root`` for the duration of the block; yields its URL with the token.
-
-    Every configuration and runtime directory lives in ``root/.jupyter-home``, so the
-    user's own settings are neither read nor written; the kernels import ``dpm_core``
-    from the repository (``PYTHONPATH``). The server runs in its own process group,
-    which is terminated (then killed) on exit, kernels included.
-    """
-    home = root / ".jupyter-home"
-    settings = home / "lab-settings"
-    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
-    # no news or update toasts over the notebook
-    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings") \
-        .write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    env = dict(os.environ)
-    env.update({
-        "HOME": str(home), "JUPYTER_CONFIG_DIR": str(home / "config"),
-        "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(settings),
-        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-        "IPYTHONDIR": str(home / "ipython"), "MPLCONFIGDIR": str(home / "matplotlib"),
-        "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    })
-    env.pop("NBGRADER_EXECUTION", None)
-    port, token = free_port(), secrets.token_hex(16)
-    log_path = root.parent / "jupyter-lab.log"
-    log = open(log_path, "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-         "--ServerApp.open_browser=False"]
-        # CI containers run as root, which the server refuses without this flag
-        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited with {server.returncode}:\n"
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"JupyterLab did not answer within {timeout} s:\n"
-                                       f"{log_path.read_text(errors='replace')[-3000:]}")
-                time.sleep(0.5)
-        yield f"{url}/lab/tree/{{path}}?token={token}"
-    finally:
-        _stop(server)
-        log.close()
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it is still there after 15 s."""
-    if server.poll() is None:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(server.pid, signal.SIGKILL)  # the kernels, if any outlived the server
-    except ProcessLookupError:
-        pass
-    server.wait(timeout=15)
-
-
-@contextmanager
-def chromium_page(width: int = 1500, height: int = 1000):
-    """A Playwright page in Debian's Chromium (headless), closed on exit."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                             headless=True, timeout=60_000)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(NOTEBOOK_TIMEOUT * 1000)
-            yield page
-        finally:
-            browser.close()
 
 
 def run_notebook(page, url: str, num_cells: int) -> None:
@@ -201,13 +81,13 @@ def lab_url(tmp_path) -> Iterator[str]:
     root = tmp_path / "lab"
     root.mkdir()
     write_notebook(root / "explorer.ipynb", NOTEBOOK_CELLS)
-    with jupyter_lab(root) as url:
-        yield url.format(path="explorer.ipynb")
+    with jupyter_server(root, timeout=LAB_START_TIMEOUT) as (url, token):
+        yield f"{url}/lab/tree/explorer.ipynb?token={token}"
 
 
 def test_slider_and_pad_redraw_the_decoded_image(lab_url, tmp_path):
     """In JupyterLab in Chromium, do the keyboard on a slider and a click on the pad redraw image and pad?"""
-    with chromium_page() as page:
+    with chromium_page(timeout=NOTEBOOK_TIMEOUT) as page:
         run_notebook(page, lab_url, len(NOTEBOOK_CELLS))
         image = page.locator("img.dpm-decoded")
         image.wait_for(state="visible")
