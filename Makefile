@@ -1,6 +1,9 @@
 # The two commands of the README, plus helpers. Each sets up what it needs (scripts/setup.sh) first.
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
+# OpenMP threads sleep while they wait instead of spinning: on a busy machine spinning threads
+# slowed training down 50-fold (dpm_core/threads.py, benchmarks/training_throughput.py)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: main test setup pipeline reference lab roster sync-checks handout solutions
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import defaultdict
@@ -12,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from .threads import ThreadTuner, cpu_threads
 
 __all__ = ["seed_all", "default_device", "OptCollection", "assess", "train_vae", "iterate_batches"]
 
@@ -124,7 +127,7 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
               rate_weight: Union[float, Callable[[int], float]] = 1.0,
               time_budget: Optional[float] = None,
               max_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, threads: Union[int, str, None] = "auto") -> dict:
     """Train an NVIL model with stochastic gradients of the ELBO, checking the dev set as it goes.
 
     Args:
@@ -148,13 +151,21 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
         progress: show a ``tqdm`` progress bar with training and dev figures. With a
             ``time_budget`` the bar counts seconds of the budget (and the figures show the
             steps), otherwise steps.
+        threads: torch's CPU threads while training on the CPU: ``"auto"`` times the steps
+            under 1 thread and under torch's current count and keeps the faster, measuring
+            again as the load changes (:class:`dpm_core.threads.ThreadTuner`); a number
+            fixes the count; ``None`` leaves it alone. The count in force before comes back
+            at the end.
 
     Returns:
         The log: a dict from ``"training.loss"``, ``"training.ELBO"``, ``"training.D"``,
         ``"training.R"``, ``"training.cv_loss"``, ``"dev.ELBO"``, ``"dev.D"``,
-        ``"dev.R"``, ``"dev.L"`` to lists of ``(step, value)``, and ``"time"`` to the
-        training seconds.
+        ``"dev.R"``, ``"dev.L"`` to lists of ``(step, value)``, ``"time"`` to the
+        training seconds, and ``"threads"`` to the tuner's probes (see
+        :attr:`ThreadTuner.history`; empty unless ``threads="auto"`` on the CPU).
     """
+    if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads > 0)):
+        raise ValueError(f"threads must be 'auto', a positive number or None, got {threads!r}")
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if hasattr(training_data, "to"):
@@ -204,10 +215,19 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
     bar_options = (dict(total=float(time_budget), unit="s", bar_format="{l_bar}{bar}| "
                         "{n:.0f}/{total:.0f} s [{elapsed}{postfix}]") if timed
                    else dict(total=total_steps))
+    on_cpu = device.type == "cpu"
+    tuner = ThreadTuner() if on_cpu and threads == "auto" else None
+    if tuner is not None:
+        pool = tuner
+    elif on_cpu and isinstance(threads, int):
+        pool = cpu_threads(threads)
+    else:
+        pool = contextlib.nullcontext()
+    measure = tuner.measure if tuner is not None else contextlib.nullcontext
     check(0)
     step = 0
     start = time.perf_counter()
-    with tqdm(disable=not progress, desc="training", **bar_options) as bar:
+    with pool, tqdm(disable=not progress, desc="training", **bar_options) as bar:
         def advance() -> None:
             bar.update(min(time.perf_counter() - start, time_budget) - bar.n)
 
@@ -219,13 +239,14 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
                     break
                 model.train()
                 beta = rate_weight(step) if callable(rate_weight) else rate_weight
-                out = model(batch_x.to(device), sample_size=sample_size_training,
-                            rate_weight=beta)
-                opts.zero_grad()
-                out["loss"].backward()
-                if max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                opts.step()
+                with measure():
+                    out = model(batch_x.to(device), sample_size=sample_size_training,
+                                rate_weight=beta)
+                    opts.zero_grad()
+                    out["loss"].backward()
+                    if max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    opts.step()
                 step += 1
                 pending.append((step, {k: v.detach() if torch.is_tensor(v) else v
                                        for k, v in out.items()}))
@@ -249,4 +270,5 @@ def train_vae(model: nn.Module, opts: OptCollection, training_data, dev_data,
     model.eval()
     log = dict(log)
     log["time"] = elapsed
+    log["threads"] = list(tuner.history) if tuner is not None else []
     return log

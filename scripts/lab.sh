@@ -13,4 +13,6 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 # nbgrader's formgrader runs `alembic` from the environment when it creates a gradebook
 export PATH="$PWD/.venv/bin:$PATH"
+# idle OpenMP threads sleep instead of spinning: kernels next to other work keep their speed
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec .venv/bin/jupyter lab "${args[@]}" "$@"

@@ -26,7 +26,7 @@ IS_SAMPLES = 200
 L_TOLERANCE = 0.1
 SIZE = 8
 LOG_KEYS = {"training.loss", "training.ELBO", "training.D", "training.R", "training.cv_loss",
-            "dev.ELBO", "dev.D", "dev.R", "dev.L", "time"}
+            "dev.ELBO", "dev.D", "dev.R", "dev.L", "time", "threads"}
 
 
 def random_images(n: int) -> ImageData:
@@ -168,7 +168,7 @@ def test_train_vae_log_and_step_counts(device):
                     max_steps=20, progress=False)
     assert set(log) == LOG_KEYS
     assert [step for step, _ in log["training.loss"]] == list(range(1, 21))
-    for key in LOG_KEYS - {"time"}:
+    for key in LOG_KEYS - {"time", "threads"}:
         assert all(np.isfinite(value) for _, value in log[key]), key
     for key in ("dev.ELBO", "dev.D", "dev.R", "dev.L"):
         assert [step for step, _ in log[key]] == [0, 10, 20], key
@@ -325,3 +325,23 @@ def test_train_vae_progress_bar_with_a_zero_budget():
     log = train_vae(model, adam(model), random_images(64), random_images(8), batch_size=16,
                     sample_size_eval=1, device="cpu", time_budget=0, progress=True)
     assert log["training.loss"] == []
+
+
+def test_train_vae_thread_policy_and_restores_the_count():
+    """threads="auto" probes 1 and 2 threads (logged), a number fixes the count, and the count
+    in force before comes back; anything else is refused by name."""
+    from dpm_core.threads import cpu_threads
+
+    model = toy_vae()
+    with cpu_threads(2):
+        log = train_vae(model, adam(model), random_images(256), random_images(32), batch_size=16,
+                        num_epochs=10, device="cpu", max_steps=60, progress=False)
+        assert torch.get_num_threads() == 2
+        assert log["threads"] and set(log["threads"][0][1]) == {1, 2}
+        seen = []
+        model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+        log = train_vae(model, adam(model), random_images(64), random_images(32), batch_size=16,
+                        device="cpu", max_steps=4, progress=False, threads=1)
+        assert set(seen) == {1} and log["threads"] == [] and torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="threads must be 'auto', a positive number or None"):
+        train_vae(model, adam(model), random_images(64), random_images(32), threads="many")

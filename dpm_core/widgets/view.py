@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..data import ImageData
 from ..plotting import as_images, plot_latent_scatter
+from ..threads import cpu_threads
 from ..utils import batch_of, evaluating, model_device, one_of, positive_int, positive_number
 from .geometry import ELLIPSE_SD, Plane, gaussian_components
 from .render import figure_png, png_bytes, to_uint8
@@ -28,24 +29,15 @@ _ENCODE_BATCH = 500
 ImagesLike = Union[Tensor, ImageData]
 
 
-@contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
+def one_cpu_thread(device: torch.device):
     """Run torch's CPU work on one intra-op thread inside the block, then restore the setting.
 
     Decoding one image (or a few) gains nothing from the thread pool, and on a busy
     2-core machine the pool's threads wait for each other: one update with the CNN
     decoder for 64x64 images took 130 ms on 2 threads and 16 ms on one
-    (``benchmarks/widgets_latency.py``).
+    (``benchmarks/widgets_latency.py``). Other devices are left alone.
     """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return cpu_threads(1) if device.type == "cpu" else nullcontext()
 
 
 class LatentView:
