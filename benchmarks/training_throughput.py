@@ -19,7 +19,7 @@ It also prints the arithmetic rate of each run (FLOPs of one step, counted by
 this machine in the same run, and the targets: train_vae within 5% of the plain loop, at
 least twice the seed pipeline, and under the load at least 40% of its idle speed.
 
-    python benchmarks/training_throughput.py [--seconds 8] [--load N]
+    python benchmarks/training_throughput.py [--seconds 8] [--repeats 2] [--load N]
 
 A figure taken while other work runs is worth little: "idle" is only as idle as the
 machine; the run prints the load average it started with.
@@ -193,6 +193,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=8.0, help="training time per measurement")
     parser.add_argument("--load", type=int, default=os.cpu_count(),
                         help="busy processes of the competing load (default: one per core)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of each pipeline in each condition; the best counts")
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
     parser.add_argument("--worker", nargs=2, metavar=("PIPELINE", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -204,21 +206,28 @@ def main(argv=None) -> dict:
         return {}
 
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f} at the start; "
-          f"{args.seconds:.0f} s per measurement; competing load: {args.load} busy processes")
+          f"{args.seconds:.0f} s per measurement, best of {args.repeats}; competing load: "
+          f"{args.load} busy processes")
     peak = _run_worker(["sgemm", "2"], "PASSIVE", 120)["gflops"]
     print(f"sgemm peak (1024^3, all threads, idle): {peak:.1f} GFLOP/s")
     timeout = 60 + 4 * args.seconds
     results = {}
     for condition in ("idle", "busy"):
-        for name in args.pipelines:
-            label, policy = PIPELINES[name]
-            if condition == "busy":
-                with CompetingLoad(args.load, bound=timeout):
-                    results[name, condition] = _run_worker([name, str(args.seconds)], policy, timeout)
-            else:
-                results[name, condition] = _run_worker([name, str(args.seconds)], policy, timeout)
-            r = results[name, condition]
-            print(f"  {condition:4} {label:30} {r['steps_per_s']:7.1f} steps/s", flush=True)
+        # the pipelines take turns, repeats times, and each keeps its best run: a burst of
+        # other work then costs one run, not the comparison
+        for repeat in range(args.repeats):
+            for name in args.pipelines:
+                _, policy = PIPELINES[name]
+                if condition == "busy":
+                    with CompetingLoad(args.load, bound=timeout):
+                        r = _run_worker([name, str(args.seconds)], policy, timeout)
+                else:
+                    r = _run_worker([name, str(args.seconds)], policy, timeout)
+                best = results.get((name, condition))
+                if best is None or r["steps_per_s"] > best["steps_per_s"]:
+                    results[name, condition] = r
+                print(f"  {condition:4} run {repeat + 1} {PIPELINES[name][0]:30} "
+                      f"{r['steps_per_s']:7.1f} steps/s", flush=True)
 
     print(f"\n| pipeline | idle steps/s | busy steps/s | busy / idle | idle GFLOP/s | of sgemm peak |")
     print("|---|---:|---:|---:|---:|---:|")

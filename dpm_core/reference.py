@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -174,14 +176,21 @@ def main(argv: Optional[list] = None) -> dict:
     schedule = time_cosine(args.seconds)
     opts = OptCollection(gen, inf, schedulers=[torch.optim.lr_scheduler.LambdaLR(o, schedule)
                                                for o in (gen, inf)])
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     log = train_vae(model, opts, data.train, data.dev, batch_size=args.batch_size,
                     num_epochs=1000, check_every=200, sample_size_eval=1, device=device,
                     rate_weight=time_warmup(args.warmup * args.seconds),
                     time_budget=args.seconds, progress=not args.no_progress,
                     generator=torch.Generator(device=device).manual_seed(args.seed))
     steps = len(log["training.loss"])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    choices = Counter(chosen for _, _, chosen in log["threads"])
+    threads = ", ".join(f"{n} thread{'s' * (n > 1)} in {k} of {len(log['threads'])} probes"
+                        for n, k in sorted(choices.items())) or f"{torch.get_num_threads()} (fixed)"
     print(f"trained {steps} steps ({steps * args.batch_size / len(data.train):.1f} epochs) "
-          f"in {log['time']:.1f} s")
+          f"in {log['time']:.1f} s; load average {load_before:.2f} before, {load:.2f} after "
+          f"training on {os.cpu_count()} cores (other work slows training down: compare the "
+          f"steps); threads chosen: {threads}")
 
     start = time.perf_counter()
     test = assess(model, 1, data.test, device=device)
@@ -205,6 +214,7 @@ def main(argv: Optional[list] = None) -> dict:
     save_samples_and_reconstructions(model, data.test.batches(16).__next__()[0], png)
     print(f"wrote {png}")
     return {"test_elbo": test["ELBO"], "test_is_ll": is_fig["L"], "steps": steps,
+            "load_average": (load_before, load),
             "train_seconds": log["time"], "png": str(png)}
 
 

@@ -193,10 +193,10 @@ def summary(outcomes: Sequence[Outcome]) -> str:
     """The lines of a report and a last line that counts them."""
     code = [o for o in outcomes if o.item.kind == "code"]
     written = [o for o in outcomes if o.item.kind == "written"]
-    tally = f"{sum(o.status == 'pass' for o in code)} of {len(code)} exercises pass their self-checks"
+    tally = f"{sum(o.status == 'pass' for o in code)} of {len(code)} pass their self-checks"
     if written:
-        tally += f"; {sum(o.status == 'hand' for o in written)} of {len(written)} written answers filled"
-    lines = [o.line() for o in outcomes] + [tally + " (the hidden tests decide the points)."]
+        tally += f", {sum(o.status == 'hand' for o in written)} of {len(written)} written answers filled"
+    lines = [o.line() for o in outcomes] + [tally + " (hidden tests decide the points)"]
     return "\n".join(lines)
 
 

@@ -96,7 +96,7 @@ def test_right_wrong_and_empty_exercises_in_a_namespace(capsys):
     assert lines[2] == "· cube: not written yet (cube-solution still raises NotImplementedError)"
     assert lines[3] == "✎ why-blue (Question 1 (2 points)): to be graded by hand"
     assert lines[4] == "? why-green (Question 2 (1 point)): missing"
-    assert lines[5].startswith("1 of 3 exercises pass their self-checks; 1 of 2 written answers")
+    assert lines[5] == "1 of 3 pass their self-checks, 1 of 2 written answers filled (hidden tests decide the points)"
     assert "checking" not in capsys.readouterr().out  # what a self-check prints is dropped
 
 
