@@ -32,6 +32,7 @@ __all__ = [
     "non_negative_int",
     "positive_number",
     "probability",
+    "tensor_of",
     "one_of",
     "index",
     "batch_of",
@@ -82,14 +83,30 @@ def positive_number(name: str, value: Any) -> float:
     return number
 
 
-def probability(name: str, value: Any, *, include_one: bool = True) -> float:
-    """``value`` as a float in [0, 1], or in [0, 1) where ``include_one`` is False (dropout)."""
+def probability(name: str, value: Any, *, include_zero: bool = True,
+                include_one: bool = True) -> float:
+    """``value`` as a float in [0, 1]; ``include_one=False`` leaves 1 out (a dropout rate),
+    ``include_zero=False`` leaves 0 out (the weight of a running average's newest term)."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
-        and (0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0)
+        and (0.0 <= value if include_zero else 0.0 < value) \
+        and (value <= 1.0 if include_one else value < 1.0)
     if not ok:
-        interval = "[0, 1]" if include_one else "[0, 1)"
+        interval = "[("[include_zero] + "0, 1" + ")]"[include_one]
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)
+
+
+def tensor_of(name: str, value: Any, dtype: torch.dtype, shape: str) -> Tensor:
+    """``value`` if it is a tensor of ``dtype`` with as many dimensions as ``shape`` names
+    (e.g. ``"[N, C, H, W]"``); the message says what it got instead."""
+    dims = len(shape.strip("[]").split(","))
+    if isinstance(value, Tensor) and value.dtype == dtype and value.dim() == dims:
+        return value
+    got = (f"{value.dtype} tensor of shape {list(value.shape)}" if isinstance(value, Tensor)
+           else type(value).__name__)
+    kind = str(dtype).replace("torch.", "")
+    article = "an" if kind[0] in "aeio" else "a"  # a uint8 ("you-int"), an int64
+    raise ValueError(f"{name} must be {article} {kind} tensor {shape}, got {got}")
 
 
 def one_of(name: str, value: Any, choices: Sequence[Any]) -> Any:

@@ -59,9 +59,7 @@ class CentredReward(VarianceReduction):
 
     def __init__(self, alpha: float = 0.9):
         super().__init__()
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-        self._alpha = alpha
+        self._alpha = probability("alpha", alpha, include_zero=False)
         self.register_buffer("r_mean", torch.zeros(()))
 
     def forward(self, r, x=None, q=None, r_fn=None):
@@ -85,9 +83,7 @@ class ScaledReward(VarianceReduction):
 
     def __init__(self, alpha: float = 0.9):
         super().__init__()
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-        self._alpha = alpha
+        self._alpha = probability("alpha", alpha, include_zero=False)
         self.register_buffer("r_std", torch.ones(()))
 
     def forward(self, r, x=None, q=None, r_fn=None):

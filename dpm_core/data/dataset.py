@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..utils import one_of, positive_int, probability
+from ..utils import one_of, positive_int, probability, tensor_of
 
 __all__ = ["ImageData", "BINARIZE_MODES", "check_binarize"]
 
@@ -84,20 +84,8 @@ class ImageData(Dataset):
         threshold: float = 0.5,
         generator: Optional[torch.Generator] = None,
     ) -> None:
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            got = (
-                f"{images.dtype} tensor of shape {list(images.shape)}"
-                if isinstance(images, Tensor)
-                else type(images).__name__
-            )
-            raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {got}")
-        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
-            got = (
-                f"{labels.dtype} tensor of shape {list(labels.shape)}"
-                if isinstance(labels, Tensor)
-                else type(labels).__name__
-            )
-            raise ValueError(f"labels must be an int64 tensor [N], got {got}")
+        tensor_of("images", images, torch.uint8, "[N, C, H, W]")
+        tensor_of("labels", labels, torch.int64, "[N]")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(
                 f"labels must have N={images.shape[0]} entries (one per image), "

@@ -51,15 +51,7 @@ def slerp(z_a: Tensor, z_b: Tensor, t: Union[float, Tensor]) -> Tensor:
     two codes cuts through its improbable inside; the spherical path keeps to the
     arc (for codes of equal norm, every point on it has that norm). Where the angle
     is 0 or pi (parallel codes, or a code at the origin) the arc is not defined and
-    the straight line is returned.
-
-    Args:
-        z_a: the code at t = 0, ``[K]``.
-        z_b: the code at t = 1, ``[K]``.
-        t: a float, or a tensor ``[T]`` of points along the path.
-
-    Returns:
-        ``[K]`` for a float t, ``[T, K]`` for a tensor.
+    the straight line is returned. Arguments and result as for :func:`lerp`.
     """
     norms = z_a.norm() * z_b.norm()
     if norms <= 1e-12:
