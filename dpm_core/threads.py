@@ -54,7 +54,9 @@ class ThreadTuner:
     :func:`tuned`. A probe times ``probe_steps`` steps (or ``probe_seconds``, whichever
     ends first, at least two steps) under each candidate, dropping the first step after a
     switch, and keeps the fastest. The next probe comes ``every_seconds`` later; each probe
-    that confirms the choice doubles that interval, up to ``max_every_seconds``.
+    that confirms the choice doubles that interval, up to ``max_every_seconds``. Sooner when
+    the steps get 1.5 times slower or faster than the probe measured (after 20 steps): other
+    work started or stopped, and the best count may have changed with it.
 
     Args:
         candidates: thread counts to try (default: 1 and torch's current count).
@@ -88,6 +90,9 @@ class ThreadTuner:
         self._window = [0, 0.0]     # steps and seconds of the current window
         self._skip = False          # the first step after a switch is not timed
         self._next_probe = 0.0      # when the next probe starts (seconds since start)
+        self._chosen_rate = 0.0     # steps per second of the choice when it was made
+        self._recent: Optional[float] = None  # running average of the step time since
+        self._since = 0             # steps since the last probe
         self._begin_probe()
 
     def __enter__(self) -> "ThreadTuner":
@@ -118,7 +123,16 @@ class ThreadTuner:
         """Report that one step took ``seconds``; may change the thread count for the next."""
         now = time.perf_counter() - self._start
         if not self._queue:
-            if now >= self._next_probe and len(self.candidates) > 1:
+            if len(self.candidates) < 2:
+                return
+            # a running average of the step time; a change of load moves it away from what
+            # the last probe measured, and then the next probe comes now
+            self._recent = seconds if self._recent is None else 0.9 * self._recent + 0.1 * seconds
+            self._since += 1
+            drift = self._recent * self._chosen_rate
+            if now >= self._next_probe or (self._since >= 20 and not 1 / 1.5 < drift < 1.5):
+                if now < self._next_probe:
+                    self.every = self.first_every
                 self._begin_probe()
             return
         if self._skip:
@@ -140,6 +154,7 @@ class ThreadTuner:
         self.history.append((round(now, 2), dict(self._rates), best))
         self._use(best)
         self._next_probe = now + self.every
+        self._chosen_rate, self._recent, self._since = self._rates[best], None, 0
 
     @contextmanager
     def measure(self) -> Iterator[None]:

@@ -104,3 +104,15 @@ def test_a_tuner_keeps_its_choice_across_loops(clock, two_threads):
             clock[0] += {1: 0.01, 2: 0.05}[torch.get_num_threads()]
         assert torch.get_num_threads() == 2  # restored after each loop
     assert [chosen for _, _, chosen in tuner.history] == [1]  # one probe, kept across epochs
+
+
+def test_a_change_of_speed_brings_the_next_probe_forward(clock, two_threads):
+    with ThreadTuner(probe_steps=4, every_seconds=60, max_every_seconds=60) as tuner:
+        drive(tuner, clock, {1: 0.01, 2: 0.05}, 100)  # about 1 s: one probe, 1 thread chosen
+        assert len(tuner.history) == 1
+        drive(tuner, clock, {1: 0.01, 2: 0.05}, 500)  # 5 s at the same speed: no new probe
+        assert len(tuner.history) == 1
+        # other work starts: one thread is now 4 times slower, two threads are faster
+        drive(tuner, clock, {1: 0.04, 2: 0.02}, 60)
+        assert len(tuner.history) == 2 and tuner.history[-1][2] == 2
+        assert tuner.history[-1][0] < 8.5  # long before the 60 s interval was up
