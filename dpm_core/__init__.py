@@ -27,6 +27,15 @@ standard Monte Carlo estimators, and the course uses both:
 :class:`NVIL` picks the pathwise estimator when ``q.has_rsample`` and the
 score-function estimator otherwise.
 
+A mixture of reparameterisable components, such as the MoG q(z|x) of
+:class:`MoGCPDNet`, has no ``rsample``, yet only the choice of component is
+discrete. ``NVIL(..., estimator="mixture")`` draws the component c ~ Cat(w)
+and z from q_c pathwise, and combines the score function for the mixing
+weights, ``(r - b) * grad log w_c``, with pathwise gradients for the
+components and the generative model: unbiased, and on FashionMNIST thousands
+of times less noisy than the score function for all of q's parameters
+(``benchmarks/estimator_variance.py``).
+
 Modules
 -------
 ============  ===========================================================

@@ -88,7 +88,9 @@ class GaussianCPDNet(CPDNet):
 class MoGCPDNet(CPDNet):
     """A mixture of M mean-field Gaussians whose weights, locations and scales depend on the input.
 
-    The mixture has no ``rsample``: NVIL trains it with the score-function estimator.
+    The mixture has no ``rsample``: NVIL trains it with the score-function estimator, or,
+    with ``estimator="mixture"``, with the score function for the weights only and
+    pathwise gradients for the components.
 
     Args:
         outcome_shape: the outcome's shape, e.g. ``K``.

@@ -4,6 +4,8 @@ References:
     [1] Mnih & Gregor (2014). Neural Variational Inference and Learning in Belief Networks.
     [2] Kingma & Welling (2014). Auto-Encoding Variational Bayes.
     [3] Burda, Grosse & Salakhutdinov (2016). Importance Weighted Autoencoders.
+    [4] Schulman, Heess, Weber & Abbeel (2015). Gradient Estimation Using Stochastic
+        Computation Graphs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .variance import VarianceReduction
 
 __all__ = ["NVIL"]
 
-_ESTIMATORS = ("auto", "reparam", "sfe")
+_ESTIMATORS = ("auto", "reparam", "sfe", "mixture")
 
 
 def _num_samples(sample_size) -> int:
@@ -35,6 +37,41 @@ def _closed_form_kl(q: td.Distribution, p: td.Distribution) -> Optional[Tensor]:
         return td.kl_divergence(q, p)
     except NotImplementedError:
         return None
+
+
+def _mixture_rsample(qz: td.Distribution, sample_shape: torch.Size) -> tuple[Tensor, Tensor]:
+    """Draw z ~ q(z|x) = sum_m w_m q_m(z|x) as c ~ Cat(w) (no gradient), z ~ q_c (pathwise).
+
+    Args:
+        qz: a ``td.MixtureSameFamily`` whose component distribution has ``rsample``.
+        sample_shape: ``(S,)``.
+
+    Returns:
+        ``(z, log_w)``: z with shape ``sample_shape + batch_shape + event_shape``, a
+        differentiable function of the chosen component's parameters, and log w_c, the
+        log-weight of the chosen component, with shape ``sample_shape + batch_shape``.
+
+    Raises:
+        NotImplementedError: if qz is not such a mixture.
+    """
+    comps = getattr(qz, "component_distribution", None)
+    if not isinstance(qz, td.MixtureSameFamily) or not comps.has_rsample:
+        what = (f"a MixtureSameFamily of {type(comps).__name__} (no rsample)"
+                if isinstance(qz, td.MixtureSameFamily) else type(qz).__name__)
+        raise NotImplementedError(
+            f"estimator='mixture' needs q(z|x) to be a td.MixtureSameFamily whose components "
+            f"have rsample (e.g. MoGCPDNet), got {what}; use estimator='auto' (pathwise for a "
+            f"reparameterisable q, score function otherwise) or 'sfe'")
+    mix = qz.mixture_distribution
+    c = mix.sample(sample_shape)  # [S, B], a discrete draw: no gradient flows through it
+    # every component draws (cheap next to the decoder), the chosen one is kept, as in
+    # MixtureSameFamily.sample but with rsample
+    z_all = comps.rsample(sample_shape)  # [S, B, M, K]
+    event_shape = tuple(qz.event_shape)
+    dim = -1 - len(event_shape)  # the components' dimension M
+    index = c.reshape(c.shape + (1,) * (1 + len(event_shape)))
+    z = z_all.gather(dim, index.expand(c.shape + (1,) + event_shape)).squeeze(dim)  # [S, B, K]
+    return z, mix.log_prob(c)  # [S, B, K], [S, B]
 
 
 class NVIL(nn.Module):
@@ -50,7 +87,12 @@ class NVIL(nn.Module):
     * otherwise (e.g. a mixture), the score-function estimator [1] for q's
       parameters, ``(r - b) * grad log q(z|x)``, with the reward
       ``r = log p(x|z)`` (minus the sampled rate when no closed form exists) and
-      the control variates of ``cv_model`` providing ``b``.
+      the control variates of ``cv_model`` providing ``b``;
+    * on request (``estimator="mixture"``), for a mixture of reparameterisable
+      components such as :class:`MoGCPDNet`'s, the score function for the
+      mixing weights and pathwise gradients for the components (a stochastic
+      computation graph with one discrete and one continuous node [4]): see
+      :meth:`surrogate_loss`.
 
     R is the closed-form KL where torch registers one, and a Monte Carlo
     estimate otherwise. All estimates are vectorised over samples.
@@ -59,15 +101,25 @@ class NVIL(nn.Module):
         gen_model: p(z) p(x|z).
         inf_model: q(z|x), any CPD net that maps ``batch_shape + data_shape`` to a
             distribution over the latent (usually an :class:`InferenceModel`).
-        cv_model: control variates for the score-function path (default: none).
+        cv_model: control variates for the score-function terms (default: none); one
+            that rescales the reward (:class:`ScaledReward`) rescales those terms only, so
+            under ``"mixture"`` it reweights the mixing weights' gradient against the rest.
+        estimator: the gradient estimator that :meth:`forward` and
+            :meth:`surrogate_loss` use when called without one (so that
+            :func:`train_vae` trains with it): ``"auto"``, ``"reparam"``, ``"sfe"``
+            or ``"mixture"``.
+
+    Raises:
+        ValueError: if ``estimator`` is not one of these.
     """
 
     def __init__(self, gen_model: JointDistribution, inf_model: CPDNet,
-                 cv_model: Optional[VarianceReduction] = None):
+                 cv_model: Optional[VarianceReduction] = None, estimator: str = "auto"):
         super().__init__()
         self.gen_model = gen_model
         self.inf_model = inf_model
         self.cv_model = cv_model if cv_model is not None else VarianceReduction()
+        self.estimator = one_of("estimator", estimator, _ESTIMATORS)
 
     # parameter groups, one optimiser each (see OptCollection)
     def gen_params(self):
@@ -189,33 +241,60 @@ class NVIL(nn.Module):
 
     # training objective
     def surrogate_loss(self, x: Tensor, sample_size: Optional[int] = None, rate_weight: float = 1.0,
-                       estimator: str = "auto") -> tuple[Tensor, dict]:
+                       estimator: Optional[str] = None) -> tuple[Tensor, dict]:
         """A scalar whose gradient is minus an unbiased estimate of grad ELBO.
+
+        The mixture estimator: with q(z|x) = sum_m w_m q_m(z|x) and
+        f(z) = log p(x|z) - beta (log q(z|x) - log p(z)), the objective is
+        E_q[f] = sum_m w_m E_eps[f(g_m(eps))], where z = g_m(eps) is the pathwise
+        draw of component m. Differentiating the sum,
+
+            grad E_q[f] = E_{c ~ Cat(w), eps}[f(z) grad log w_c + grad f(g_c(eps))],
+
+        the first term the score function of the discrete choice only (so any b
+        that ignores c and z may be subtracted from f), the second the pathwise
+        gradient through z = g_c(eps) for the components' parameters and p's.
+        That gradient of f also differentiates log q(z|x) at fixed z, weights
+        included; this part has mean E_q[grad log q(z|x)] = 0, so it adds no bias.
+        With a closed-form rate, f = log p(x|z) and -beta grad KL is exact.
 
         Args:
             x: a batch of observations ``[B] + data_shape``.
             sample_size: S draws of z per observation.
             rate_weight: beta, the weight of the rate (1 for the ELBO).
             estimator: ``"auto"`` (pathwise if q has rsample, else score
-                function), ``"reparam"`` or ``"sfe"`` (score function even when
-                q has rsample, for comparisons).
+                function), ``"reparam"``, ``"sfe"`` (score function even when
+                q has rsample, for comparisons) or ``"mixture"`` (score function
+                for the weights of a ``td.MixtureSameFamily`` q, pathwise for its
+                components; see above); ``None`` for the model's own (its
+                ``estimator``).
 
         Returns:
             ``(loss, figures)``: ``loss`` is the mean over the batch of
             ``-surrogate + cv_loss``; ``figures`` holds tensors (detached) of shape
             ``batch_shape``: ``ELBO``, ``D``, ``R`` and ``cv_loss``.
+
+        Raises:
+            ValueError: for an unknown estimator.
+            NotImplementedError: for ``"reparam"`` with a q without rsample, or
+                ``"mixture"`` with a q that is not a mixture of components with rsample.
         """
-        one_of("estimator", estimator, _ESTIMATORS)
+        estimator = self.estimator if estimator is None else one_of(
+            "estimator", estimator, _ESTIMATORS)
         S = _num_samples(sample_size)
         batch_shape = self._batch_shape(x)
         qz = self.inf_model(x)
         pz = self.gen_model.prior(batch_shape)
         if estimator == "reparam" and not qz.has_rsample:
             raise NotImplementedError(
-                f"{type(qz).__name__} has no rsample; use estimator='sfe' or 'auto'")
-        pathwise = qz.has_rsample and estimator != "sfe"
+                f"{type(qz).__name__} has no rsample; use estimator='sfe', 'auto' or, for a "
+                f"mixture of reparameterisable components, 'mixture'")
+        pathwise = qz.has_rsample and estimator in ("auto", "reparam")
 
-        z = qz.rsample((S,)) if pathwise else qz.sample((S,))  # [S, B, K]
+        if estimator == "mixture":
+            z, score = _mixture_rsample(qz, torch.Size((S,)))  # [S, B, K], log w_c [S, B]
+        else:
+            z = qz.rsample((S,)) if pathwise else qz.sample((S,))  # [S, B, K]
         log_px_z = self.gen_model.obs_model(z).log_prob(x)  # [S, B]
         kl = _closed_form_kl(qz, pz)  # [B] or None
         if kl is None:
@@ -235,14 +314,21 @@ class NVIL(nn.Module):
                     r = r - rate_weight * (qz.log_prob(z_) - pz.log_prob(z_))
                 return r
 
-            reward = (log_px_z - rate_weight * rate) if kl is None else log_px_z
+            reward = (log_px_z - rate_weight * rate) if kl is None else log_px_z  # [S, B]
             r, cv_loss = self.cv_model(reward.detach(), x=x, q=qz, r_fn=r_fn)
-            score = qz.log_prob(z)  # z was not reparameterised: gradients reach lambda only here
-            # theta gets grad log p(x|z) (+ beta grad log p(z) when the rate is sampled);
-            # lambda gets (r - b) grad log q(z|x) and, with a closed form, -beta grad KL
-            surrogate = log_px_z.mean(0) + (r.detach() * score).mean(0)
-            surrogate = surrogate + (rate_weight * log_pz.mean(0) if kl is None
-                                     else -rate_weight * kl)
+            if estimator == "mixture":
+                # z is pathwise: autograd gives grad f(g_c(eps)) to lambda and theta; the
+                # weights also get (r - b) grad log w_c
+                surrogate = reward.mean(0) + (r.detach() * score).mean(0)
+            else:
+                score = qz.log_prob(z)  # z was not reparameterised: lambda's only gradient
+                # theta gets grad log p(x|z) (+ beta grad log p(z) when the rate is sampled);
+                # lambda gets (r - b) grad log q(z|x)
+                surrogate = log_px_z.mean(0) + (r.detach() * score).mean(0)
+                if kl is None:
+                    surrogate = surrogate + rate_weight * log_pz.mean(0)
+            if kl is not None:
+                surrogate = surrogate - rate_weight * kl
             cv_loss = cv_loss.mean(0) if cv_loss.dim() > len(batch_shape) else cv_loss
         loss = (-surrogate + cv_loss).mean()
         figures = {"ELBO": (-D - R).detach(), "D": D.detach(), "R": R.detach(),
@@ -250,8 +336,9 @@ class NVIL(nn.Module):
         return loss, figures
 
     def forward(self, x: Tensor, sample_size: Optional[int] = None, rate_weight: float = 1.0,
-                estimator: str = "auto") -> dict:
-        """The training step's loss and the figures to log.
+                estimator: Optional[str] = None) -> dict:
+        """The training step's loss and the figures to log (see :meth:`surrogate_loss`;
+        ``estimator=None`` uses the model's own).
 
         Returns:
             ``{"loss": scalar tensor to call backward on, "ELBO": float, "D": float,
