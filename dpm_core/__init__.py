@@ -36,6 +36,16 @@ components and the generative model: unbiased, and on FashionMNIST thousands
 of times less noisy than the score function for all of q's parameters
 (``benchmarks/estimator_variance.py``).
 
+Flow posteriors
+---------------
+A normalising flow (:class:`FlowCPDNet`) draws eps from a diagonal Gaussian
+q_0(z|x) and returns z = f(eps) for a bijection f, a chain of affine couplings
+(:class:`AffineCoupling`) conditioned on the encoder's features. ``rsample``
+differentiates through f, so the pathwise estimator applies; ``log_prob`` is
+exact, log q(z|x) = log q_0(f^{-1}(z)) - log |det J_f(f^{-1}(z))|; and as no KL
+to the prior has a closed form, NVIL estimates the rate from the draws,
+log q(z|x) - log p(z).
+
 Modules
 -------
 ============  ===========================================================
@@ -44,6 +54,7 @@ networks      encoders and decoders (FFNN and CNN) for structured batches
 conditionals  CPD nets: Gaussian and MoG families, image models p(x|z)
 joint         :class:`JointDistribution` p(z) p(x|z)
 inference     :class:`InferenceModel` q(z|x)
+flows         flow q(z|x): :class:`FlowCPDNet`, :class:`AffineCoupling`
 variance      control variates for the score-function estimator
 kl            closed-form and Monte Carlo KL
 nvil          :class:`NVIL`, the objective and its estimators
@@ -73,6 +84,7 @@ every ``log_prob`` returns one number per batch element.
 
 from .conditionals import BinarizedImageModel, ContinuousImageModel, CPDNet, GaussianCPDNet, MoGCPDNet
 from .data import Binarizer, DataSplits, ImageData, load_data, load_fashion_mnist, load_mnist, read_idx
+from .flows import AffineCoupling, FlowCPDNet
 from .inference import InferenceModel
 from .joint import JointDistribution
 from .kl import KL, kl_or_mc, mc_kl
@@ -99,7 +111,7 @@ __all__ = [
     "CPDNet", "GaussianCPDNet", "MoGCPDNet", "BinarizedImageModel", "ContinuousImageModel",
     "ReshapeLast", "FlattenImage", "MySequential",
     "build_ffnn_decoder", "build_cnn_decoder", "build_ffnn_encoder", "build_cnn_encoder",
-    "JointDistribution", "InferenceModel",
+    "JointDistribution", "InferenceModel", "FlowCPDNet", "AffineCoupling",
     "VarianceReduction", "CentredReward", "ScaledReward", "SelfCritic", "Baseline", "CVChain",
     "NVIL", "KL", "mc_kl", "kl_or_mc",
     "PPCA", "LinearGaussianCPDNet", "VAE", "reparametrise", "loss_func",

@@ -23,11 +23,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch.testing import assert_close
 
-from dpm_core import widgets
+from dpm_core import FlowCPDNet, widgets
 from dpm_core.data import ImageData
 from dpm_core.priors import MoGPriorNet
 from dpm_core.reference import build_reference_vae
 from dpm_core.widgets import Interpolator, LatentExplorer, PosteriorView, lerp, slerp
+from dpm_core.widgets.posterior import CLOUD_SIZE
 
 REPO = Path(__file__).resolve().parent.parent
 N = 40  # test images per view
@@ -484,6 +485,51 @@ def test_posterior_view_mog_prior_rate_is_monte_carlo():
     view = PosteriorView(make_model(2, "mog"), make_data()[0], num_samples=8)
     assert "Monte Carlo, 8 draws" in view.info_text()
     view.widget  # the ellipse of q and the prior's contours draw without errors
+
+
+def flow_model(K: int) -> torch.nn.Module:
+    """The toy model with a 2-layer flow posterior whose couplings are not the identity."""
+    model = make_model(K)
+    flow = FlowCPDNet(K, num_inputs=32, hidden_size=0, num_layers=2, coupling_size=8)
+    with torch.no_grad():
+        for net in flow.couplings:
+            torch.nn.init.normal_(net.out.weight, std=0.5)
+    model.inf_model.cpd_net = flow
+    return model
+
+
+@pytest.mark.parametrize("K", [2, 4])
+def test_posterior_view_of_a_flow_shows_its_draws(K):
+    """With a flow q(z|x), are the draws q's, the star its centre f(mu), and the rate sampled?"""
+    model = flow_model(K)
+    x, labels = make_data()
+    view = PosteriorView(model, x, labels, num_samples=6)
+    torch.manual_seed(7)
+    view.select(5)
+    torch.manual_seed(7)
+    model.eval()
+    with torch.no_grad():
+        qz = model.inf_model(x[5][None])
+        expected = qz.sample((6,))[:, 0]
+        cloud = qz.sample((CLOUD_SIZE,))[:, 0]
+        centre = qz.base_dist.mean
+        for t in qz.transforms:
+            centre = t(centre)
+    assert_close(view.samples, expected)
+    assert_close(view._cloud, cloud)
+    assert_close(view.codes[5], centre[0])
+    assert_close(view.image, decoded(model, centre[0]))
+    for s in range(6):
+        assert_close(view.reconstructions[s], decoded(model, expected[s]))
+    assert "Monte Carlo, 6 draws" in view.info_text()
+    view.widget  # the pad with the cloud and no ellipse builds without errors
+    assert view._q_ellipses == [] and view._cloud_artist is not None
+    labels = {t.get_text() for t in view._pad.ax.get_legend().get_texts()}
+    assert {"centre of q(z|x)", f"q(z|x), {CLOUD_SIZE} draws"} <= labels
+    view.resample()  # new draws reach the widgets
+    offsets = np.asarray(view._cloud_artist.get_offsets())  # [CLOUD_SIZE, 2]
+    assert_close(torch.as_tensor(offsets, dtype=torch.float32), view.plane.project(view._cloud))
+    assert view.static_png()[:4] == b"\x89PNG"
 
 
 @needs_ipympl

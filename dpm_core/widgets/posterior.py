@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..plotting import image_grid
 from ..utils import evaluating, index, positive_int
-from .geometry import gaussian_components, nearest
+from .geometry import central_code, gaussian_components, nearest
 from .render import (MARKER_COLOUR, SAMPLE_COLOUR, STATIC_DPI, ellipse, grid_png, move_ellipse,
                      png_bytes, to_uint8)
 from .ui import Pad, caption, header, ipywidgets
@@ -20,13 +20,19 @@ from .view import ImagesLike, LatentView, one_cpu_thread
 
 __all__ = ["PosteriorView"]
 
+#: draws that show the shape of a q(z|x) without Gaussian components (a flow)
+CLOUD_SIZE = 500
+
 
 class PosteriorView(LatentView):
     """One test image x, draws z_s ~ q(z|x), their reconstructions, and the prior around them.
 
     The pad shows p(z) (density contours for K = 2, draws otherwise), the test codes
-    faintly, the draws from q(z|x) and its 2-sd ellipse; clicking on the pad picks
-    the test image whose code is nearest. The text reports the rate
+    faintly, the draws from q(z|x) and its 2-sd ellipse (one per component of a
+    mixture); clicking on the pad picks the test image whose code is nearest. A
+    normalising-flow q(z|x) has no ellipse: a faint cloud of ``CLOUD_SIZE`` further
+    draws shows its shape, and its centre f(mu), the image of its base Gaussian's
+    mean, stands in for its mean (see :func:`central_code`). The text reports the rate
     KL(q(z|x) || p(z)) (closed form where torch has one, else a Monte Carlo estimate
     from the draws) and log p(x|z) of the draws.
 
@@ -89,12 +95,17 @@ class PosteriorView(LatentView):
             except NotImplementedError:
                 rate, exact = (qz.log_prob(z) - pz.log_prob(z)).mean(0), False
             qz_one = self.model.inf_model(x[0])  # batch_shape ()
-        self._qz_components = gaussian_components(qz_one)
+            components = gaussian_components(qz_one)
+            cloud = None if components else qz.sample((CLOUD_SIZE,))[:, 0]  # [CLOUD_SIZE, K]
+            _, is_mean = central_code(qz_one)
+        self._qz_components = components
+        self._cloud = cloud.float().cpu() if cloud is not None else None
+        self._centre = "mean of q(z|x)" if is_mean else "centre of q(z|x)"
         self._samples = z[:, 0].float().cpu()
         self._rate, self._rate_exact = float(rate), exact
         self._log_px_z = log_px_z[:, 0].float().cpu()
         self._reconstructions = self.decode(self._samples)
-        self._z = self.codes[self._i].clone()  # the mean of q(z|x)
+        self._z = self.codes[self._i].clone()  # the mean (or a flow's centre) of q(z|x)
         self._show(self.decode(self._z[None])[0])
         self._update()
 
@@ -134,7 +145,7 @@ class PosteriorView(LatentView):
         right = w.VBox([
             self._title,
             w.HBox([column(self._original, "x"),
-                    column(self._decoded, "E[x|z] at the mean of q(z|x)")]),
+                    column(self._decoded, f"E[x|z] at the {self._centre}")]),
             w.HBox([self._index, again]),
             caption(f"E[x|z_s] for {self.num_samples} draws z_s ~ q(z|x)"),
             self._grid, self._info,
@@ -181,10 +192,13 @@ class PosteriorView(LatentView):
                    label="test codes", zorder=2)
         self._draw_codes(ax, points=False)
         self._draw_prior(ax)
+        self._cloud_artist = None if self._cloud is None else ax.scatter(
+            [], [], s=4, color=MARKER_COLOUR, alpha=0.3, linewidths=0, zorder=4,
+            label=f"q(z|x), {CLOUD_SIZE} draws")
         self._samples_artist = ax.scatter([], [], s=28, color=SAMPLE_COLOUR, edgecolors="black",
                                           linewidths=0.6, zorder=5, label="z_s ~ q(z|x)")
         (self._mean_artist,) = ax.plot([], [], marker="*", ms=13, mfc=MARKER_COLOUR, mec="white",
-                                       ls="none", zorder=6, label="mean of q(z|x)")
+                                       ls="none", zorder=6, label=self._centre)
         # one ellipse per Gaussian component of q(z|x) (their number does not change)
         self._q_ellipses = [
             ax.add_patch(ellipse(torch.zeros(2), torch.eye(2), fill=False, lw=1.8,
@@ -194,7 +208,8 @@ class PosteriorView(LatentView):
         for handle in legend.legend_handles:
             handle.set_alpha(1.0)
         ax.set_title("where q(z|x) sits against the prior", fontsize=11)
-        return [self._samples_artist, self._mean_artist] + self._q_ellipses
+        cloud = [] if self._cloud_artist is None else [self._cloud_artist]
+        return cloud + [self._samples_artist, self._mean_artist] + self._q_ellipses
 
     def _sync(self) -> None:
         with self._mirroring():
@@ -209,6 +224,8 @@ class PosteriorView(LatentView):
                 self._info.value = ("<div style='color:#333;max-width:440px'>"
                                     f"{self.info_text()}</div>")
             self._samples_artist.set_offsets(self.plane.project(self._samples).numpy())
+            if self._cloud_artist is not None:
+                self._cloud_artist.set_offsets(self.plane.project(self._cloud).numpy())
             u, v = self.plane.project(self.codes[self._i]).tolist()
             self._mean_artist.set_data([u], [v])
             for patch, (weight, loc, scale) in zip(self._q_ellipses, self._qz_components):
@@ -225,18 +242,22 @@ class PosteriorView(LatentView):
                        label="test codes")
         self._draw_codes(ax_pad, points=False)
         self._draw_prior(ax_pad)
+        if self._cloud is not None:
+            cloud = self.plane.project(self._cloud)
+            ax_pad.scatter(cloud[:, 0], cloud[:, 1], s=4, color=MARKER_COLOUR, alpha=0.3,
+                           linewidths=0, label=f"q(z|x), {CLOUD_SIZE} draws", zorder=4)
         samples = self.plane.project(self._samples)
         ax_pad.scatter(samples[:, 0], samples[:, 1], s=28, color=SAMPLE_COLOUR,
                        edgecolors="black", linewidths=0.6, label="z_s ~ q(z|x)", zorder=5)
         u, v = self.plane.project(self.codes[self._i]).tolist()
         ax_pad.plot([u], [v], marker="*", ms=13, mfc=MARKER_COLOUR, mec="white", ls="none",
-                    label="mean of q(z|x)", zorder=6)
+                    label=self._centre, zorder=6)
         ax_pad.legend(loc="upper right", fontsize="small")
         ax_pad.set_title("q(z|x) against the prior")
         pair = torch.stack([self.x[self._i].reshape(self.image_shape).float().cpu(), self._image])
         ax_x.imshow(image_grid(pair, nrow=1), interpolation="nearest")
         ax_x.set_axis_off()
-        ax_x.set_title("x (top), E[x|z] at the\nmean of q(z|x) (bottom)", fontsize=10)
+        ax_x.set_title(f"x (top), E[x|z] at the\n{self._centre} (bottom)", fontsize=10)
         ax_grid.imshow(image_grid(self._reconstructions, nrow=min(8, self.num_samples)),
                        interpolation="nearest")
         ax_grid.set_axis_off()

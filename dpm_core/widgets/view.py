@@ -17,7 +17,7 @@ from ..data import ImageData
 from ..plotting import as_images, plot_latent_scatter
 from ..threads import cpu_threads
 from ..utils import batch_of, evaluating, model_device, one_of, positive_int, positive_number
-from .geometry import ELLIPSE_SD, Plane, gaussian_components
+from .geometry import ELLIPSE_SD, Plane, central_code, gaussian_components
 from .render import figure_png, png_bytes, to_uint8
 from .ui import Pad, ipywidgets, live_widgets_possible
 
@@ -155,10 +155,11 @@ class LatentView:
         return x[:n].detach().to(self.device), labels
 
     def _encode(self, x: Tensor) -> Tensor:
-        """The means of q(z|x) ``[N, K]``, on the CPU."""
+        """The means of q(z|x) ``[N, K]``, on the CPU (for a flow q, see :func:`central_code`)."""
         with evaluating(self.model):
-            means = [self.model.inf_model(chunk).mean for chunk in x.split(_ENCODE_BATCH)]
-        return torch.cat(means).float().cpu()
+            codes = [central_code(self.model.inf_model(chunk))[0]
+                     for chunk in x.split(_ENCODE_BATCH)]
+        return torch.cat(codes).float().cpu()
 
     def _bounds(self, z_range: float) -> tuple[Tensor, Tensor]:
         """Slider ranges ``[K]``: +-z_range, widened to most codes and the prior's 2-sd boxes."""
