@@ -30,7 +30,7 @@ from torch.distributions import constraints
 from .conditionals import CPDNet, GaussianCPDNet
 from .utils import ShapeLike, positive_int, positive_number, positive_shape, probability
 
-__all__ = ["AffineCoupling", "CouplingNet", "FlowCPDNet", "coupling_masks"]
+__all__ = ["AffineCoupling", "CouplingNet", "FlowCPDNet", "coupling_masks", "central_code"]
 
 #: ``(shift, log_scale)``, each ``batch_shape + [K]``, from the conditioning part of z
 ShiftLogScale = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -240,3 +240,28 @@ class FlowCPDNet(CPDNet):
         transforms = [AffineCoupling(mask, net.condition(c), reuse_draws=True, validate_args=False)
                       for mask, net, c in zip(self.masks, self.couplings, contexts)]
         return td.TransformedDistribution(base, transforms)
+
+
+def central_code(dist: td.Distribution) -> tuple[Tensor, bool]:
+    """The code that stands for a distribution over ``[K]`` in the views: its mean, if it has one.
+
+    A ``TransformedDistribution`` (a normalising flow) has no mean in closed form; it
+    is stood for by the image of its base's central code under its transforms, f(mu)
+    (for a flow that starts as the identity, the mean of its base Gaussian).
+
+    Returns:
+        ``(code, is_mean)``: the code with shape ``batch_shape + event_shape``, and
+        whether it is the mean.
+
+    Raises:
+        NotImplementedError: for a distribution with neither a mean nor a base.
+    """
+    try:
+        return dist.mean, True
+    except NotImplementedError:
+        if not isinstance(dist, td.TransformedDistribution):
+            raise
+    code, _ = central_code(dist.base_dist)
+    for transform in dist.transforms:
+        code = transform(code)
+    return code, False

@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from ..flows import central_code
 from ..utils import batch_of, evaluating, model_device, positive_int
 from ._common import model_data_shape, show_grid
 from .images import as_images, image_grid
@@ -71,7 +72,7 @@ def inspect_lvm(model: nn.Module, x: Tensor, num_prior: int = 16, prior_draws: i
     with evaluating(model):
         prior = model.sample(num_prior, prior_draws, oversample=True)  # [S, B] + data_shape
         cond = model.cond_sample(x)  # [B] + data_shape
-        recon = model.gen_model.obs_model(model.inf_model(x).mean).mean  # [B] + data_shape
+        recon = model.gen_model.obs_model(central_code(model.inf_model(x))[0]).mean  # [B] + data_shape
     grids = [image_grid(as_images(prior, data_shape), nrow=num_prior),
              image_grid(as_images(x, data_shape)),
              image_grid(as_images(cond, data_shape)),
@@ -114,7 +115,7 @@ def save_samples_and_reconstructions(model: nn.Module, x: Tensor, path: Union[st
     with evaluating(model):
         z = model.gen_model.prior((num_samples,)).sample()  # [S, K]
         samples = model.gen_model.obs_model(z).mean  # [N] + data_shape
-        recon = model.gen_model.obs_model(model.inf_model(x).mean).mean  # [B] + data_shape
+        recon = model.gen_model.obs_model(central_code(model.inf_model(x))[0]).mean  # [B] + data_shape
     grids = [image_grid(as_images(samples, data_shape)),
              image_grid(as_images(x, data_shape)),
              image_grid(as_images(recon, data_shape))]

@@ -15,8 +15,9 @@ import torch
 import torch.distributions as td
 from torch import Tensor
 
+
 __all__ = ["lerp", "slerp", "PATHS", "PATH_FNS", "ELLIPSE_SD", "Plane", "gaussian_components",
-           "central_code", "nearest", "z_name"]
+           "nearest", "z_name"]
 
 PATHS = ("linear", "spherical")
 _SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
@@ -95,31 +96,6 @@ def gaussian_components(dist: td.Distribution) -> list[tuple[float, Tensor, Tens
     if isinstance(base, td.Normal):
         return [(1.0, base.loc.detach().reshape(-1).cpu(), base.scale.detach().reshape(-1).cpu())]
     return []
-
-
-def central_code(dist: td.Distribution) -> tuple[Tensor, bool]:
-    """The code that stands for a distribution over ``[K]`` in the views: its mean, if it has one.
-
-    A ``TransformedDistribution`` (a normalising flow) has no mean in closed form; it
-    is stood for by the image of its base's central code under its transforms, f(mu)
-    (for a flow that starts as the identity, the mean of its base Gaussian).
-
-    Returns:
-        ``(code, is_mean)``: the code with shape ``batch_shape + event_shape``, and
-        whether it is the mean.
-
-    Raises:
-        NotImplementedError: for a distribution with neither a mean nor a base.
-    """
-    try:
-        return dist.mean, True
-    except NotImplementedError:
-        if not isinstance(dist, td.TransformedDistribution):
-            raise
-    code, _ = central_code(dist.base_dist)
-    for transform in dist.transforms:
-        code = transform(code)
-    return code, False
 
 
 def nearest(points: Tensor, point: Tensor) -> int:

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from ..plotting import image_grid
 from ..utils import evaluating, index, positive_int
-from .geometry import central_code, gaussian_components, nearest
+from ..flows import central_code
+from .geometry import gaussian_components, nearest
 from .render import (MARKER_COLOUR, SAMPLE_COLOUR, STATIC_DPI, ellipse, grid_png, move_ellipse,
                      png_bytes, to_uint8)
 from .ui import Pad, caption, header, ipywidgets

@@ -17,7 +17,8 @@ from ..data import ImageData
 from ..plotting import as_images, plot_latent_scatter
 from ..threads import cpu_threads
 from ..utils import batch_of, evaluating, model_device, one_of, positive_int, positive_number
-from .geometry import ELLIPSE_SD, Plane, central_code, gaussian_components
+from ..flows import central_code
+from .geometry import ELLIPSE_SD, Plane, gaussian_components
 from .render import figure_png, png_bytes, to_uint8
 from .ui import Pad, ipywidgets, live_widgets_possible
 
