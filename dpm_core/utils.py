@@ -38,6 +38,7 @@ __all__ = [
     "batch_of",
     "model_device",
     "evaluating",
+    "read_only",
 ]
 
 
@@ -204,3 +205,23 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+class read_only:
+    """A read-only attribute that an object keeps in ``self._<name>``, documented by ``doc``.
+
+    ``i = read_only("Index of image A.")`` in a class body reads like a property that
+    returns ``self._i``; assigning to it raises ``AttributeError``.
+    """
+
+    def __init__(self, doc: str):
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.attr = name, "_" + name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        return self if obj is None else getattr(obj, self.attr)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{type(obj).__name__}.{self.name} is read-only")

@@ -709,3 +709,12 @@ def test_real_fashion_mnist_resized(real_splits):
     x, _ = next(train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(SEED)))
     assert x.shape == (64, 1, 64, 64)
     assert set(x.unique().tolist()) == {0.0, 1.0}
+
+
+def test_image_data_attributes_are_read_only():
+    """images, labels and the binarisation settings read like properties and refuse writes."""
+    data = ImageData(IMAGES, LABELS, binarize="static")
+    assert data.images is data._images and data.binarize == "static"
+    with pytest.raises(AttributeError, match="ImageData.images is read-only"):
+        data.images = IMAGES
+    assert "raw pixel intensities" in type(data).images.__doc__

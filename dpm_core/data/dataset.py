@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..utils import one_of, positive_int, probability, tensor_of
+from ..utils import one_of, positive_int, probability, read_only, tensor_of
 
 __all__ = ["ImageData", "BINARIZE_MODES", "check_binarize"]
 
@@ -115,30 +115,13 @@ class ImageData(Dataset):
 
     # ----------------------------------------------------------------- properties
 
-    @property
-    def images(self) -> Tensor:
-        """``uint8`` tensor ``[N, C, H, W]`` of raw pixel intensities (do not modify)."""
-        return self._images
-
-    @property
-    def labels(self) -> Tensor:
-        """``int64`` tensor ``[N]`` of class labels."""
-        return self._labels
-
-    @property
-    def binarize(self) -> Optional[str]:
-        """The binarisation mode: ``None``, ``"static"`` or ``"dynamic"``."""
-        return self._binarize
-
-    @property
-    def threshold(self) -> float:
-        """The cut-off used by static binarisation."""
-        return self._threshold
-
-    @property
-    def generator(self) -> Optional[torch.Generator]:
-        """The default generator of dynamic binarisation (``None``: torch's global one)."""
-        return self._generator
+    images = read_only("``uint8`` tensor ``[N, C, H, W]`` of raw pixel intensities "
+                       "(do not modify).")
+    labels = read_only("``int64`` tensor ``[N]`` of class labels.")
+    binarize = read_only('The binarisation mode: ``None``, ``"static"`` or ``"dynamic"``.')
+    threshold = read_only("The cut-off used by static binarisation.")
+    generator = read_only("The default generator of dynamic binarisation "
+                          "(``None``: torch's global one).")
 
     @property
     def device(self) -> torch.device:

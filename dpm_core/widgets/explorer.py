@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..plotting import image_grid
-from ..utils import index, one_of
+from ..utils import index, one_of, read_only
 from .geometry import z_name
 from .render import MARKER_COLOUR, STATIC_DPI, ellipse, move_ellipse, vector_text
 from .ui import Pad, caption, header, ipywidgets
@@ -76,15 +76,8 @@ class LatentExplorer(LatentView):
         self._render()
 
     # state
-    @property
-    def mode(self) -> str:
-        """``"mean"`` (the decoder mean) or ``"sample"`` (a draw from p(x|z))."""
-        return self._mode
-
-    @property
-    def component(self) -> Optional[int]:
-        """The selected mixture component, or None."""
-        return self._component
+    mode = read_only('``"mean"`` (the decoder mean) or ``"sample"`` (a draw from p(x|z)).')
+    component = read_only("The selected mixture component, or None.")
 
     def set_z(self, z) -> None:
         """Move to code ``z`` ``[K]`` and decode it.

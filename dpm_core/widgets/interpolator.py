@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..utils import index, one_of, positive_int
+from ..utils import index, one_of, positive_int, read_only
 from .geometry import PATH_FNS, PATHS, nearest
 from .render import MARKER_COLOUR, PATH_COLOUR, STATIC_DPI, ends_and_paths_grid, grid_png
 from .ui import Pad, caption, header, ipywidgets
@@ -69,25 +69,10 @@ class Interpolator(LatentView):
         self._next_end = 0
         self.select(i, j)
 
-    @property
-    def i(self) -> int:
-        """Index of image A."""
-        return self._i
-
-    @property
-    def j(self) -> int:
-        """Index of image B."""
-        return self._j
-
-    @property
-    def t(self) -> float:
-        """Where on the path: 0 at A, 1 at B."""
-        return self._t
-
-    @property
-    def path(self) -> str:
-        """``"linear"`` or ``"spherical"``."""
-        return self._path
+    i = read_only("Index of image A.")
+    j = read_only("Index of image B.")
+    t = read_only("Where on the path: 0 at A, 1 at B.")
+    path = read_only('``"linear"`` or ``"spherical"``.')
 
     def path_codes(self, steps: Optional[int] = None) -> Tensor:
         """Codes ``[T, K]`` at ``steps`` evenly spaced t from 0 to 1 along the path."""

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..plotting import image_grid
-from ..utils import evaluating, index, positive_int
+from ..utils import evaluating, index, positive_int, read_only
 from ..flows import central_code
 from .geometry import gaussian_components, nearest
 from .render import (MARKER_COLOUR, SAMPLE_COLOUR, STATIC_DPI, ellipse, grid_png, move_ellipse,
@@ -63,20 +63,9 @@ class PosteriorView(LatentView):
         self.num_samples = positive_int("num_samples", num_samples)
         self.select(i)
 
-    @property
-    def i(self) -> int:
-        """Index of the test image."""
-        return self._i
-
-    @property
-    def samples(self) -> Tensor:
-        """The draws z_s ~ q(z|x), ``[S, K]`` (CPU)."""
-        return self._samples
-
-    @property
-    def reconstructions(self) -> Tensor:
-        """The decoder means E[x|z_s] of the draws, ``[S, C, H, W]`` (CPU)."""
-        return self._reconstructions
+    i = read_only("Index of the test image.")
+    samples = read_only("The draws z_s ~ q(z|x), ``[S, K]`` (CPU).")
+    reconstructions = read_only("The decoder means E[x|z_s] of the draws, ``[S, C, H, W]`` (CPU).")
 
     def select(self, i: int) -> None:
         """Show test image i, with fresh draws from q(z|x_i)."""

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from ..data import ImageData
 from ..plotting import as_images, plot_latent_scatter
 from ..threads import cpu_threads
-from ..utils import batch_of, evaluating, model_device, one_of, positive_int, positive_number
+from ..utils import (batch_of, evaluating, model_device, one_of, positive_int, positive_number,
+                     read_only)
 from ..flows import central_code
 from .geometry import ELLIPSE_SD, Plane, gaussian_components
 from .render import figure_png, png_bytes, to_uint8
@@ -111,15 +112,8 @@ class LatentView:
         """The current code ``[K]`` (a copy, on the CPU)."""
         return self._z.clone()
 
-    @property
-    def image(self) -> Tensor:
-        """The decoded image the view shows, ``[C, H, W]`` (CPU, float in [0, 1])."""
-        return self._image
-
-    @property
-    def png(self) -> bytes:
-        """The current image as the PNG the widget shows (upscaled, nearest neighbour)."""
-        return self._png
+    image = read_only("The decoded image the view shows, ``[C, H, W]`` (CPU, float in [0, 1]).")
+    png = read_only("The current image as the PNG the widget shows (upscaled, nearest neighbour).")
 
     def _show(self, image: Tensor) -> None:
         """Make ``image`` ``[C, H, W]`` the current image."""
