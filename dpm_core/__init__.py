@@ -61,6 +61,7 @@ nvil          :class:`NVIL`, the objective and its estimators
 ppca          probabilistic PCA, the linear-Gaussian model with exact answers
 vae           the compact first VAE (``reparametrise``, ``loss_func``)
 training      :func:`train_vae`, :func:`assess`, :class:`OptCollection`
+threads       the CPU thread count of a training loop, chosen by timing it
 data          tensor-resident FashionMNIST / MNIST (a package)
 plotting      image grids, training curves, model figures, latent plots
               (a package)
@@ -68,6 +69,7 @@ widgets       interactive latent explorer, interpolation and posterior views
               (a package)
 utils         argument checks shared by the modules
 grading       helpers for the notebooks' self-checks and hidden tests
+selfcheck     ``check("kl")``: the notebooks' self-checks, one line per exercise
 ============  ===========================================================
 
 Shape letters
