@@ -55,8 +55,8 @@ class ThreadTuner:
     ends first, at least two steps) under each candidate, dropping the first step after a
     switch, and keeps the fastest. The next probe comes ``every_seconds`` later; each probe
     that confirms the choice doubles that interval, up to ``max_every_seconds``. Sooner when
-    the steps get 1.5 times slower or faster than the probe measured (after 20 steps): other
-    work started or stopped, and the best count may have changed with it.
+    the steps get 1.5 times slower or faster than the probe measured (after 20 steps and 2 s):
+    other work started or stopped, and the best count may have changed with it.
 
     Args:
         candidates: thread counts to try (default: 1 and torch's current count).
@@ -93,6 +93,7 @@ class ThreadTuner:
         self._chosen_rate = 0.0     # steps per second of the choice when it was made
         self._recent: Optional[float] = None  # running average of the step time since
         self._since = 0             # steps since the last probe
+        self._chosen_at = 0.0       # when the last probe ended
         self._begin_probe()
 
     def __enter__(self) -> "ThreadTuner":
@@ -130,7 +131,9 @@ class ThreadTuner:
             self._recent = seconds if self._recent is None else 0.9 * self._recent + 0.1 * seconds
             self._since += 1
             drift = self._recent * self._chosen_rate
-            if now >= self._next_probe or (self._since >= 20 and not 1 / 1.5 < drift < 1.5):
+            drifted = self._since >= 20 and now >= self._chosen_at + 2.0 \
+                and not 1 / 1.5 < drift < 1.5  # and never two probes within 2 s: noise
+            if now >= self._next_probe or drifted:
                 if now < self._next_probe:
                     self.every = self.first_every
                 self._begin_probe()
@@ -155,6 +158,7 @@ class ThreadTuner:
         self._use(best)
         self._next_probe = now + self.every
         self._chosen_rate, self._recent, self._since = self._rates[best], None, 0
+        self._chosen_at = now
 
     @contextmanager
     def measure(self) -> Iterator[None]:
