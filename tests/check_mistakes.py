@@ -83,6 +83,17 @@ _ELBO = "return log_weights(x, qz, joint, num_samples).mean(dim=0)"
 _LPE = "return iwae_bound(log_weights(x, qz, joint, num_samples))"
 
 
+def _bey(cell, old, new, check, *words, accepted="", also=(), why_also=""):
+    return Mistake("dpm2_beyond", cell, old, new, check, words, accepted, also, why_also)
+
+
+_CB_RETURN = "return torch.where(small, taylor, exact)"
+_CB_EXACT = "exact = torch.log(safe) - torch.log(torch.tanh(safe / 2))"
+_CB_BRANCHES = _CB_EXACT + "\n    taylor = math.log(2.0) + a.pow(2) / 12"
+_CB_PIXEL = "per_pixel = x * logits - F.softplus(logits) + cb_log_normaliser(logits)"
+_CB_SUM = "return per_pixel.sum(dim=(-3, -2, -1))"
+
+
 MISTAKES = [
     # vae_basics: the KL formula (the hidden test's list of known mistakes, and more)
     _vae("kl-solution", _KL, "-" + _KL, "kl-formula-tests", "sign is flipped"),
@@ -407,4 +418,66 @@ MISTAKES = [
         "return td.Independent(td.Normal(loc,", "per-datapoint-tests", "detach"),
     _is("per-datapoint-solution", "for _ in range(num_steps):", "for _ in range(num_steps // 50):",
         "per-datapoint-tests", "nats below log p(x)"),
+    # dpm2_beyond: the continuous Bernoulli's normaliser, its values
+    _bey("cb-normaliser-solution", _CB_RETURN, "return -torch.where(small, taylor, exact)",
+         "cb-normaliser-values-tests", "sign is flipped"),
+    _bey("cb-normaliser-solution", _CB_BRANCHES,
+         "exact = torch.log(safe) - torch.log(torch.tanh(safe / 2)) - math.log(2.0)\n"
+         "    taylor = a.pow(2) / 12", "cb-normaliser-values-tests", "factor 2"),
+    _bey("cb-normaliser-solution", _CB_RETURN, "return torch.where(small, taylor, exact).exp()",
+         "cb-normaliser-values-tests", "C(lambda) itself"),
+    _bey("cb-normaliser-solution", "a = logits.abs()", "a = logits",
+         "cb-normaliser-values-tests", "negative logits"),
+    _bey("cb-normaliser-solution", "small = a < 1e-2", "small = a < 1.0",
+         "cb-normaliser-values-tests", "Taylor expansion"),
+    _bey("cb-normaliser-solution", _CB_EXACT,
+         "exact = torch.log(torch.sigmoid(safe) / torch.tanh(torch.sigmoid(safe) / 2))",
+         "cb-normaliser-values-tests", "evaluated at lambda = sigmoid"),
+    # dpm2_beyond: the normaliser's stability
+    _bey("cb-normaliser-solution", _CB_RETURN, "return torch.log(logits / torch.tanh(logits / 2))",
+         "cb-normaliser-stability-tests", "0/0", "Taylor expansion"),
+    _bey("cb-normaliser-solution", "safe = torch.where(small, torch.ones_like(a), a)", "safe = a",
+         "cb-normaliser-stability-tests", "gradient", "torch.where"),
+    _bey("cb-normaliser-solution", _CB_EXACT,
+         "lam = torch.sigmoid(safe)\n    exact = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))",
+         "cb-normaliser-stability-tests", "sigmoid(20) rounds to 1"),
+    _bey("cb-normaliser-solution", _CB_EXACT,
+         "lam = torch.sigmoid(safe).clamp(1e-7, 1 - 1e-7)\n"
+         "    exact = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))",
+         "cb-normaliser-stability-tests", "clamps lambda"),
+    _bey("cb-normaliser-solution", "a.pow(2) / 12", "a.pow(2) / 6",
+         "cb-normaliser-stability-tests", "Taylor branch"),
+    _bey("cb-normaliser-solution", "taylor = math.log(2.0) + a.pow(2) / 12",
+         "taylor = torch.full_like(a, math.log(2.0))", "cb-normaliser-stability-tests", "l / 6"),
+    _bey("cb-normaliser-solution", _CB_RETURN, "return torch.where(small, taylor, exact).detach()",
+         "cb-normaliser-stability-tests", "no gradient"),
+    _bey("cb-normaliser-solution", _CB_EXACT,
+         "exact = torch.log(safe.detach()) - torch.log(torch.tanh(safe.detach() / 2))",
+         "cb-normaliser-stability-tests", "detached"),
+    # dpm2_beyond: the log-density of an image
+    _bey("cb-log-prob-solution", _CB_PIXEL, "per_pixel = x * logits - F.softplus(logits)",
+         "cb-log-prob-tests", "without the normaliser"),
+    _bey("cb-log-prob-solution", _CB_PIXEL,
+         "per_pixel = x * logits - F.softplus(logits) - cb_log_normaliser(logits)",
+         "cb-log-prob-tests", "wrong sign"),
+    _bey("cb-log-prob-solution", _CB_PIXEL,
+         "per_pixel = (1 - x) * logits - F.softplus(logits) + cb_log_normaliser(logits)",
+         "cb-log-prob-tests", "swapped"),
+    _bey("cb-log-prob-solution", _CB_PIXEL,
+         "per_pixel = x * logits - F.softplus(logits) + cb_log_normaliser(torch.sigmoid(logits))",
+         "cb-log-prob-tests", "takes the logits"),
+    _bey("cb-log-prob-solution", _CB_PIXEL,
+         "lam = torch.sigmoid(logits)\n    per_pixel = x * torch.log(lam) + (1 - x) * torch.log(1 - lam)"
+         " + cb_log_normaliser(logits)", "cb-log-prob-tests", "softplus"),
+    _bey("cb-log-prob-solution", _CB_SUM, "return per_pixel", "cb-log-prob-tests", "one value per pixel"),
+    _bey("cb-log-prob-solution", _CB_SUM, "return per_pixel.sum(-1)", "cb-log-prob-tests",
+         "last three dimensions"),
+    _bey("cb-log-prob-solution", _CB_SUM, "return per_pixel.sum()", "cb-log-prob-tests",
+         "do not sum over the batch"),
+    _bey("cb-log-prob-solution", _CB_SUM, "return per_pixel.sum(dim=(1, 2, 3))", "cb-log-prob-tests",
+         "last three dimensions"),
+    _bey("cb-log-prob-solution", _CB_SUM, "return per_pixel.mean(dim=(-3, -2, -1))",
+         "cb-log-prob-tests", "mean over the pixels"),
+    _bey("cb-log-prob-solution", _CB_SUM, "return per_pixel.sum(dim=(-3, -2, -1)).detach()",
+         "cb-log-prob-tests", "no gradient"),
 ]

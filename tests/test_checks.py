@@ -152,7 +152,7 @@ def test_sync_is_idempotent(course_copy):
     assert {p: p.read_bytes() for p in (course_copy / "source").rglob("*.ipynb")} == before
 
 
-@pytest.mark.parametrize("assignment,grade_id", CHECK_IDS, ids=[g for _, g in CHECK_IDS])
+@pytest.mark.parametrize("assignment,grade_id", CHECK_IDS, ids=[f"{a}:{g}" for a, g in CHECK_IDS])
 def test_check_passes_the_reference(assignment, grade_id, reference_runs):
     """Does the check of this graded cell pass the reference solution?"""
     assert reference_runs[grade_id][1] is None
@@ -281,7 +281,7 @@ MISTAKES = [m for m in check_mistakes.MISTAKES if m.assignment in ASSIGNMENTS]
 VARIANTS = [v for v in check_variants.VARIANTS if v.assignment in ASSIGNMENTS]
 
 
-MISTAKE_IDS = [f"{m.check}:{m.new[:40]}" for m in MISTAKES]
+MISTAKE_IDS = [f"{m.assignment}:{m.check}:{m.new[:40]}" for m in MISTAKES]
 
 
 def _key(mistake) -> str:
@@ -335,7 +335,7 @@ def test_mistake_costs_no_other_graded_cell_as_nbgrader_runs_them(mistake, catal
     assert not missing, f"declared in also, but passes: {missing} (remove the declaration)"
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=[v.description[:50] for v in VARIANTS])
+@pytest.mark.parametrize("variant", VARIANTS, ids=[f"{v.assignment}:{v.description[:50]}" for v in VARIANTS])
 def test_valid_variant_passes_every_check(variant):
     """Does this correct solution, written differently from the reference, pass every check?"""
     got = outcomes(variant.assignment, (variant.cell, variant.old, variant.new), after=variant.cell)
