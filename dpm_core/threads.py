@@ -64,6 +64,7 @@ class ThreadTuner:
         probe_seconds: the most time one candidate's window takes.
         every_seconds: time from a probe to the next at first.
         max_every_seconds: the longest time between probes.
+        warmup_steps: steps at the start that are not timed.
 
     Attributes:
         threads: the count in force now.
@@ -72,7 +73,7 @@ class ThreadTuner:
 
     def __init__(self, candidates: Optional[Sequence[int]] = None, probe_steps: int = 8,
                  probe_seconds: float = 0.5, every_seconds: float = 10.0,
-                 max_every_seconds: float = 80.0):
+                 max_every_seconds: float = 80.0, warmup_steps: int = 10):
         found = sorted(set(candidates or (1, torch.get_num_threads())))
         if not found or found[0] < 1:
             raise ValueError(f"candidates must be positive thread counts, got {candidates}")
@@ -88,7 +89,9 @@ class ThreadTuner:
         self._queue: list = []      # candidates still to time in this probe
         self._rates: dict = {}      # steps per second of each candidate timed in this probe
         self._window = [0, 0.0]     # steps and seconds of the current window
-        self._skip = False          # the first step after a switch is not timed
+        # steps not timed: the first ones of the loop (allocations, caches: the first probe
+        # would blame their cost on whichever count came first), then one after each switch
+        self._skip = int(warmup_steps)
         self._next_probe = 0.0      # when the next probe starts (seconds since start)
         self._chosen_rate = 0.0     # steps per second of the choice when it was made
         self._recent: Optional[float] = None  # running average of the step time since
@@ -108,7 +111,7 @@ class ThreadTuner:
     def _use(self, threads: int) -> None:
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-            self._skip = True
+            self._skip = max(self._skip, 1)
         self.threads = threads
 
     def _begin_probe(self) -> None:
@@ -139,7 +142,7 @@ class ThreadTuner:
                 self._begin_probe()
             return
         if self._skip:
-            self._skip = False
+            self._skip -= 1
             return
         self._window[0] += 1
         self._window[1] += seconds
