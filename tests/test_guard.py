@@ -166,3 +166,25 @@ _t.sys.modules['threading'].Thread(target=_flip, daemon=True).start()
         reply = _run(kernel, "x = 1", user_expressions={"token": session.expression(f"t{n}")})
         status, reasons = session.verdict(f"t{n}", reply)
         assert status == "tampered" and any("background thread" in r for r in reasons), reasons
+
+
+def test_code_run_through_the_self_check_helper_counts_as_the_cells(tmp_path):
+    """dpm_core.selfcheck execs self-check code for check(); a cell that hands it code of its
+    own (here a gc walk, the way to the signing key) must not hide that code from the audit
+    hook: the code counts as the cell's."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        session = GuardSession(tmp_path)
+        assert _run(kc, session.install_code([]), silent=True, store_history=False)["status"] == "ok"
+        reply = _run(kc, "from dpm_core.selfcheck import Item, run_in_namespace\n"
+                         "walk = 'import gc as g\\nfound = len(g.get_objects())'\n"
+                         "run_in_namespace([Item('x', 'code', walk)], {})")
+        assert reply["status"] == "ok", reply
+        reply = _run(kc, "x = 1", user_expressions={"token": session.expression("a")})
+        status, reasons = session.verdict("a", reply)
+        assert status == "tampered" and any("gc" in r for r in reasons), reasons
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -57,6 +57,16 @@ def small_notebook() -> nbformat.NotebookNode:
     return notebook
 
 
+#: what a check of the whole small notebook prints before its tally, in order
+EVERY_LINE = [
+    "✓ double",
+    "✗ square: square is wrong: square(3) == 9 does not hold",
+    "· cube: not written yet (cube-solution still raises NotImplementedError)",
+    "✎ why-blue (Question 1 (2 points)): to be graded by hand",
+    "? why-green (Question 2 (1 point)): missing",
+]
+
+
 @pytest.fixture
 def notebook_path(tmp_path) -> Path:
     path = tmp_path / "small.ipynb"
@@ -91,11 +101,7 @@ def test_right_wrong_and_empty_exercises_in_a_namespace(capsys):
     outcomes = run_in_namespace(read_items(small_notebook()), namespace)
     assert [o.status for o in outcomes] == ["pass", "fail", "todo", "hand", "missing"]
     lines = summary(outcomes).splitlines()
-    assert lines[0] == "✓ double"
-    assert lines[1] == "✗ square: square is wrong: square(3) == 9 does not hold"
-    assert lines[2] == "· cube: not written yet (cube-solution still raises NotImplementedError)"
-    assert lines[3] == "✎ why-blue (Question 1 (2 points)): to be graded by hand"
-    assert lines[4] == "? why-green (Question 2 (1 point)): missing"
+    assert lines[:5] == EVERY_LINE
     assert lines[5] == "1 of 3 pass their self-checks, 1 of 2 written answers filled (hidden tests decide the points)"
     assert "checking" not in capsys.readouterr().out  # what a self-check prints is dropped
 
@@ -110,12 +116,7 @@ def test_command_runs_a_fresh_kernel_without_hidden_tests(notebook_path, capsys)
     before = notebook_path.read_bytes()
     assert main([str(notebook_path)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[:5] == [
-        "✓ double",
-        "✗ square: square is wrong: square(3) == 9 does not hold",
-        "· cube: not written yet (cube-solution still raises NotImplementedError)",
-        "✎ why-blue (Question 1 (2 points)): to be graded by hand",
-        "? why-green (Question 2 (1 point)): missing"]
+    assert out[:5] == EVERY_LINE
     assert not (notebook_path.parent / "HIDDEN_TESTS_RAN").exists()
     assert notebook_path.read_bytes() == before
     assert main([str(notebook_path), "double"]) == 0
@@ -146,12 +147,7 @@ def test_check_in_the_students_kernel(notebook_path):
     lines = out.splitlines()
     assert lines[:2] == ["✓ double", "✗ square: square is wrong: square(3) == 9 does not hold"]
     assert "? why-green (Question 2 (1 point)): missing" in lines
-    assert lines[-6:-1] == [
-        "✓ double",
-        "✗ square: square is wrong: square(3) == 9 does not hold",
-        "· cube: not written yet (cube-solution still raises NotImplementedError)",
-        "✎ why-blue (Question 1 (2 points)): to be graded by hand",
-        "? why-green (Question 2 (1 point)): missing"]
+    assert lines[-6:-1] == EVERY_LINE
     assert not (notebook_path.parent / "HIDDEN_TESTS_RAN").exists()
 
 
@@ -188,3 +184,10 @@ def test_check_of_the_reference_solution_of_vae_basics(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[:3] == ["✎ kl-derivation (Exercise 1 (written, 3 points): the KL term in closed form): "
                        "to be graded by hand", "✓ kl-formula", "✓ kl-reduction"]
+
+
+def test_the_helper_refuses_to_run_while_nbgrader_grades(monkeypatch):
+    """run_in_namespace execs code: while a notebook is graded it runs nothing at all."""
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    with pytest.raises(RuntimeError, match="do not run while the notebook is graded"):
+        run_in_namespace(read_items(small_notebook()), {})
