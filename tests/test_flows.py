@@ -27,7 +27,7 @@ from torch.testing import assert_close
 
 from dpm_core import AffineCoupling, FlowCPDNet, GaussianCPDNet
 from dpm_core.conditionals import BinarizedImageModel
-from dpm_core.data import ImageData
+from toy_images import prototype_images, random_images
 from dpm_core.flows import CouplingNet, coupling_masks
 from dpm_core.inference import InferenceModel
 from dpm_core.joint import JointDistribution
@@ -249,22 +249,6 @@ def flow_vae(K: int = 2, num_layers: int = 2) -> NVIL:
                        K, num_channels=1, width=SIZE, height=SIZE, hidden_size=32,
                        encoder_type=build_ffnn_encoder, cpd_hidden_size=0))
     return perturbed(model)
-
-
-def random_images(n: int) -> ImageData:
-    """n images of independent fair-coin pixels, statically binarised."""
-    pixels = torch.randint(0, 2, (n, 1, SIZE, SIZE), dtype=torch.uint8) * 255
-    return ImageData(pixels, torch.zeros(n, dtype=torch.int64), binarize="static")
-
-
-def prototype_images(n: int, flip: float = 0.05) -> ImageData:
-    """n noisy copies of 2 prototypes (left half on, top half on), pixels flipped w.p. ``flip``."""
-    left = torch.zeros(SIZE, SIZE, dtype=torch.bool)
-    left[:, : SIZE // 2] = True
-    labels = torch.arange(n) % 2
-    noise = torch.rand(n, SIZE, SIZE) < flip
-    pixels = (torch.stack([left, left.T])[labels] ^ noise).to(torch.uint8).mul(255)
-    return ImageData(pixels.unsqueeze(1), labels, binarize="static")  # [N, 1, H, W]
 
 
 def test_inference_model_builds_the_flow():

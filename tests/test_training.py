@@ -17,7 +17,7 @@ import torch
 from torch.testing import assert_close
 
 from dpm_core import training
-from dpm_core.data import ImageData
+from toy_images import prototype_images, random_images
 from dpm_core.reference import build_reference_vae
 from dpm_core.training import OptCollection, assess, default_device, seed_all, train_vae
 
@@ -27,23 +27,6 @@ L_TOLERANCE = 0.1
 SIZE = 8
 LOG_KEYS = {"training.loss", "training.ELBO", "training.D", "training.R", "training.cv_loss",
             "dev.ELBO", "dev.D", "dev.R", "dev.L", "time", "threads"}
-
-
-def random_images(n: int) -> ImageData:
-    """n images of independent fair-coin pixels, statically binarised."""
-    pixels = torch.randint(0, 2, (n, 1, SIZE, SIZE), dtype=torch.uint8) * 255
-    return ImageData(pixels, torch.zeros(n, dtype=torch.int64), binarize="static")
-
-
-def prototype_images(n: int, flip: float = 0.05) -> ImageData:
-    """n noisy copies of two prototypes (left half on, top half on), each pixel flipped w.p. ``flip``."""
-    left = torch.zeros(SIZE, SIZE, dtype=torch.bool)
-    left[:, : SIZE // 2] = True
-    prototypes = torch.stack([left, left.T])  # [2, H, W]
-    labels = torch.arange(n) % 2
-    noise = torch.rand(n, SIZE, SIZE) < flip
-    pixels = (prototypes[labels] ^ noise).to(torch.uint8).mul(255).unsqueeze(1)  # [N, 1, H, W]
-    return ImageData(pixels, labels, binarize="static")
 
 
 def toy_vae():
