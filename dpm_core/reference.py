@@ -132,6 +132,11 @@ def time_warmup(duration: float):
     return _elapsed_share(duration, "warm-up duration")
 
 
+def _load_average() -> float:
+    """The 1-minute load average (NaN where the system does not say)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def main(argv: Optional[list] = None) -> dict:
     """Train, evaluate and plot; returns the figures it printed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,14 +181,14 @@ def main(argv: Optional[list] = None) -> dict:
     schedule = time_cosine(args.seconds)
     opts = OptCollection(gen, inf, schedulers=[torch.optim.lr_scheduler.LambdaLR(o, schedule)
                                                for o in (gen, inf)])
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_before = _load_average()
     log = train_vae(model, opts, data.train, data.dev, batch_size=args.batch_size,
                     num_epochs=1000, check_every=200, sample_size_eval=1, device=device,
                     rate_weight=time_warmup(args.warmup * args.seconds),
                     time_budget=args.seconds, progress=not args.no_progress,
                     generator=torch.Generator(device=device).manual_seed(args.seed))
     steps = len(log["training.loss"])
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = _load_average()
     choices = Counter(chosen for _, _, chosen in log["threads"])
     threads = ", ".join(f"{n} thread{'s' * (n > 1)} in {k} of {len(log['threads'])} probes"
                         for n, k in sorted(choices.items())) or f"{torch.get_num_threads()} (fixed)"
