@@ -14,7 +14,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from dpm_core.selfcheck import check, main, read_items, run_in_namespace, select, summary
+from dpm_core.selfcheck import (check, main, read_items, run_in_namespace, run_notebook, select,
+                                summary)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +188,9 @@ def test_check_of_the_reference_solution_of_vae_basics(capsys):
 
 
 def test_the_helper_refuses_to_run_while_nbgrader_grades(monkeypatch):
-    """run_in_namespace execs code: while a notebook is graded it runs nothing at all."""
+    """The helpers run code: while a notebook is graded they run nothing at all."""
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     with pytest.raises(RuntimeError, match="do not run while the notebook is graded"):
         run_in_namespace(read_items(small_notebook()), {})
+    with pytest.raises(RuntimeError, match="do not run while the notebook is graded"):
+        run_notebook(REPO / "source" / "vae_basics" / "vae_basics.ipynb")
