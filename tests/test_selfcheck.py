@@ -58,6 +58,12 @@ def small_notebook() -> nbformat.NotebookNode:
     return notebook
 
 
+@pytest.fixture(autouse=True)
+def _not_grading(monkeypatch):
+    """A student's session: no NBGRADER_EXECUTION (other tests of the run may have set it)."""
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+
+
 #: what a check of the whole small notebook prints before its tally, in order
 EVERY_LINE = [
     "✓ double",
