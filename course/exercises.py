@@ -59,6 +59,10 @@ EXERCISES = {
         # names it, and its clamped lambda fails the extreme logits (course/checks/dpm2_beyond.py)
         "cb-normaliser-solution": {"cb_log_normaliser": None},
         "cb-log-prob-solution": {"cb_log_prob": None},
+        "mixture-rsample-solution": {"mixture_rsample": "dpm_core.nvil._mixture_rsample"},
+        # NVIL(estimator="mixture") builds the same surrogate inside surrogate_loss
+        "mixture-surrogate-solution": {"mixture_surrogate": None},
+        "coupling-solution": {"AffineCoupling": "dpm_core.flows.AffineCoupling"},
     },
 }
 

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -200,6 +201,9 @@ class FlowCPDNet(CPDNet):
         num_layers: L, the couplings.
         coupling_size: U, the hidden units of each coupling's conditioner.
         max_log_scale: the bound on each coupling's log-scale (see :class:`CouplingNet`).
+        coupling: the bijection of each layer, called as ``coupling(mask, shift_log_scale)``
+            with the arguments of :class:`AffineCoupling` (``None``: that class, reusing
+            draws); a notebook passes the coupling its students wrote.
 
     Raises:
         ValueError: if the outcome shape is not a vector, or a size is not a positive int.
@@ -214,7 +218,8 @@ class FlowCPDNet(CPDNet):
 
     def __init__(self, outcome_shape: ShapeLike, num_inputs: int,
                  hidden_size: Optional[int] = None, p_drop: float = 0.0, num_layers: int = 4,
-                 coupling_size: int = 64, max_log_scale: float = 2.0):
+                 coupling_size: int = 64, max_log_scale: float = 2.0,
+                 coupling: Optional[Callable[[Tensor, ShiftLogScale], td.Transform]] = None):
         shape = positive_shape("outcome_shape", outcome_shape)
         if len(shape) != 1:
             raise ValueError(f"outcome_shape must be a vector shape (K,) for a flow, got {shape}")
@@ -230,14 +235,15 @@ class FlowCPDNet(CPDNet):
         self.couplings = nn.ModuleList(
             CouplingNet(K, coupling_size, max_log_scale=max_log_scale) for _ in range(num_layers))
         self.register_buffer("masks", coupling_masks(K, num_layers))  # [num_layers, K]
+        # the masks come from coupling_masks: no need to check their values at every call
+        self.coupling = coupling or partial(AffineCoupling, reuse_draws=True, validate_args=False)
 
     def forward(self, inputs: Tensor) -> td.Distribution:
         """Return ``TransformedDistribution(Independent(Normal), [AffineCoupling] * L)`` with
         batch_shape ``inputs.shape[:-1]`` and event_shape ``(K,)``."""
         base = self.base(inputs)  # batch_shape [B], event_shape [K]
         contexts = self.context(inputs).chunk(len(self.couplings), dim=-1)  # [B, U] each
-        # the masks come from coupling_masks: no need to check their values at every call
-        transforms = [AffineCoupling(mask, net.condition(c), reuse_draws=True, validate_args=False)
+        transforms = [self.coupling(mask, net.condition(c))
                       for mask, net, c in zip(self.masks, self.couplings, contexts)]
         return td.TransformedDistribution(base, transforms)
 

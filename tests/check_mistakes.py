@@ -92,6 +92,18 @@ _CB_EXACT = "exact = torch.log(safe) - torch.log(torch.tanh(safe / 2))"
 _CB_BRANCHES = _CB_EXACT + "\n    taylor = math.log(2.0) + a.pow(2) / 12"
 _CB_PIXEL = "per_pixel = x * logits - F.softplus(logits) + cb_log_normaliser(logits)"
 _CB_SUM = "return per_pixel.sum(dim=(-3, -2, -1))"
+_MIX_C = "c = qz.mixture_distribution.sample((num_samples,))"
+_MIX_ALL = "z_all = qz.component_distribution.rsample((num_samples,))"
+_MIX_Z = "z = z_all.gather(-2, index).squeeze(-2)"
+_MIX_RETURN = "return z, qz.mixture_distribution.log_prob(c)"
+_SUR_REWARD = "reward = (f - baseline).detach()"
+_SUR_RETURN = "return (f + reward * log_w).mean(dim=0)"
+_COUPLE_CALL = "return z * (kept * log_scale).exp() + kept * shift"
+_COUPLE_CALL_G = "shift, log_scale = self.shift_log_scale(self.mask * z)\n        kept"
+_COUPLE_INV = "return (y - kept * shift) * (-kept * log_scale).exp()"
+_COUPLE_INV_G = "self.shift_log_scale(self.mask * y)"
+_COUPLE_DET = "return ((1 - self.mask) * log_scale).sum(-1)"
+_COUPLE_DET_G = "_, log_scale = self.shift_log_scale(self.mask * z)"
 
 
 MISTAKES = [
@@ -480,4 +492,97 @@ MISTAKES = [
          "cb-log-prob-tests", "mean over the pixels"),
     _bey("cb-log-prob-solution", _CB_SUM, "return per_pixel.sum(dim=(-3, -2, -1)).detach()",
          "cb-log-prob-tests", "no gradient"),
+    # dpm2_beyond: the mixture estimator's draws
+    _bey("mixture-rsample-solution", "return z, ", "return z_all, ",
+         "mixture-rsample-draws-tests", "a draw from every component"),
+    _bey("mixture-rsample-solution", _MIX_C,
+         "c = qz.mixture_distribution.probs.argmax(-1).expand(num_samples, *qz.batch_shape)",
+         "mixture-rsample-draws-tests", "frequencies", "not the heaviest"),
+    _bey("mixture-rsample-solution", _MIX_C,
+         "c = qz.mixture_distribution.sample().expand(num_samples, *qz.batch_shape)",
+         "mixture-rsample-draws-tests", "frequencies"),
+    _bey("mixture-rsample-solution", _MIX_Z,
+         "z = (qz.mixture_distribution.probs[..., None] * z_all).sum(-2)",
+         "mixture-rsample-draws-tests", "average of the components",
+         also=("mixture-rsample-gradients-tests",),
+         why_also="an average of the components is neither a draw of the mixture nor "
+                  "independent of the mixing weights: both the draws and their gradients are "
+                  "wrong"),
+    _bey("mixture-rsample-solution", _MIX_RETURN, "return z, qz.mixture_distribution.log_prob(c).exp()",
+         "mixture-rsample-draws-tests", "weights w_c themselves"),
+    _bey("mixture-rsample-solution", _MIX_RETURN,
+         "return z, qz.mixture_distribution.log_prob(qz.mixture_distribution.sample((num_samples,)))",
+         "mixture-rsample-draws-tests", "same c"),
+    _bey("mixture-rsample-solution", _MIX_RETURN,
+         "return z, torch.log_softmax(qz.mixture_distribution.logits, -1).expand(num_samples, "
+         "*qz.mixture_distribution.logits.shape)",
+         "mixture-rsample-draws-tests", "log-weights of all components"),
+    _bey("mixture-rsample-solution", _MIX_ALL,
+         "z_all = qz.component_distribution.sample((num_samples,)) * 0 + "
+         "qz.component_distribution.mean.expand(num_samples, *qz.component_distribution.mean.shape)",
+         "mixture-rsample-draws-tests", "variance", also=("mixture-rsample-gradients-tests",),
+         why_also="draws without noise ignore the scales: their spread is wrong, and the scales "
+                  "get no gradient"),
+    # dpm2_beyond: their gradients
+    _bey("mixture-rsample-solution", _MIX_ALL,
+         "z_all = qz.component_distribution.sample((num_samples,))",
+         "mixture-rsample-gradients-tests", "has no gradient"),
+    _bey("mixture-rsample-solution", _MIX_RETURN, "return z, qz.mixture_distribution.log_prob(c).detach()",
+         "mixture-rsample-gradients-tests", "log_w", "no gradient"),
+    _bey("mixture-rsample-solution", _MIX_Z, "z = z_all.detach().gather(-2, index).squeeze(-2)",
+         "mixture-rsample-gradients-tests", "has no gradient"),
+    # dpm2_beyond: the surrogate
+    _bey("mixture-surrogate-solution", _SUR_REWARD, "reward = f - baseline",
+         "mixture-surrogate-tests", "biased", "must be detached"),
+    _bey("mixture-surrogate-solution", _SUR_RETURN, "return (f.detach() + reward * log_w).mean(dim=0)",
+         "mixture-surrogate-tests", "locations and scales get no gradient"),
+    _bey("mixture-surrogate-solution", _SUR_RETURN, "return (f + reward * log_w.detach()).mean(dim=0)",
+         "mixture-surrogate-tests", "mixing logits get no gradient"),
+    _bey("mixture-surrogate-solution", _SUR_RETURN, "return f.mean(dim=0)",
+         "mixture-surrogate-tests", "mixing logits get no gradient"),
+    _bey("mixture-surrogate-solution", _SUR_RETURN, "return (f - reward * log_w).mean(dim=0)",
+         "mixture-surrogate-tests", "wrong sign"),
+    _bey("mixture-surrogate-solution", _SUR_REWARD, "reward = f.detach()",
+         "mixture-surrogate-tests", "Subtract the baseline"),
+    _bey("mixture-surrogate-solution", _SUR_REWARD, "reward = (f + baseline).detach()",
+         "mixture-surrogate-tests", "Subtract the baseline"),
+    _bey("mixture-surrogate-solution", _SUR_REWARD, "reward = f.detach() - baseline",
+         "mixture-surrogate-tests", "must not be differentiated"),
+    _bey("mixture-surrogate-solution", _SUR_RETURN, "return (f + reward * log_w).mean()",
+         "mixture-surrogate-tests", "one number for all"),
+    _bey("mixture-surrogate-solution", _SUR_RETURN, "return (f + reward * log_w).sum(dim=0)",
+         "mixture-surrogate-tests", "average over the draws"),
+    _bey("mixture-surrogate-solution", _SUR_RETURN, "return f + reward * log_w",
+         "mixture-surrogate-tests", "one value per draw"),
+    # dpm2_beyond: the affine coupling, forward and inverse
+    _bey("coupling-solution", _COUPLE_CALL_G,
+         "shift, log_scale = self.shift_log_scale(z)\n        kept",
+         "coupling-inverse-tests", "g reads z itself"),
+    _bey("coupling-solution", _COUPLE_CALL, "return z * log_scale.exp() + shift",
+         "coupling-inverse-tests", "mask 1 changed"),
+    _bey("coupling-solution", _COUPLE_CALL, "return z * (-kept * log_scale).exp() + kept * shift",
+         "coupling-inverse-tests", "not exp(-s)"),
+    _bey("coupling-solution", _COUPLE_CALL, "return (z + kept * shift) * (kept * log_scale).exp()",
+         "coupling-inverse-tests", "scale first"),
+    _bey("coupling-solution", _COUPLE_INV, "return (y - kept * shift) * (kept * log_scale).exp()",
+         "coupling-inverse-tests", "exp(-s)"),
+    _bey("coupling-solution", _COUPLE_INV, "return y * (-kept * log_scale).exp() - kept * shift",
+         "coupling-inverse-tests", "undo the shift first"),
+    _bey("coupling-solution", _COUPLE_INV_G, "self.shift_log_scale(y)",
+         "coupling-inverse-tests", "from m * y"),
+    _bey("coupling-solution", _COUPLE_INV, "return (y - shift) * (-log_scale).exp()",
+         "coupling-inverse-tests", "from m * y"),
+    # dpm2_beyond: its log-determinant
+    _bey("coupling-solution", _COUPLE_DET, "return (1 - self.mask) * log_scale",
+         "coupling-log-det-tests", "one value per coordinate"),
+    _bey("coupling-solution", _COUPLE_DET, "return -((1 - self.mask) * log_scale).sum(-1)",
+         "coupling-log-det-tests", "minus log |det dy/dz|"),
+    _bey("coupling-solution", _COUPLE_DET, "return log_scale.sum(-1)",
+         "coupling-log-det-tests", "mask 1"),
+    _bey("coupling-solution", _COUPLE_DET, "return ((1 - self.mask) * log_scale).sum()",
+         "coupling-log-det-tests", "One number per vector"),
+    _bey("coupling-solution", _COUPLE_DET, "return ((1 - self.mask) * log_scale).exp().prod(-1)",
+         "coupling-log-det-tests", "sum_k s_k"),
+    _bey("coupling-solution", _COUPLE_DET_G, "_, log_scale = self.shift_log_scale(z)",
+         "coupling-log-det-tests", "g(m * z)"),
 ]

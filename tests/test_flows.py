@@ -191,6 +191,35 @@ def test_reused_draws_give_the_computed_log_prob_and_gradient():
         assert_close(a, b, atol=EXACT, rtol=EXACT, msg=name)
 
 
+def test_a_coupling_of_ones_own_gives_the_same_flow():
+    """Does FlowCPDNet build its layers with the ``coupling`` it is given (a notebook passes the
+    one its students wrote), and does the plain AffineCoupling, which inverts every draw by
+    computation, give the same draws, log-densities and gradients as the default?"""
+    built = []
+
+    def plain(mask, shift_log_scale):
+        built.append(mask)
+        return AffineCoupling(mask, shift_log_scale)
+
+    default, h = flow_net(3), contexts()
+    own = flow_net(3)
+    own.coupling = plain
+    torch.manual_seed(SEED)
+    z = default(h).rsample((5,))
+    torch.manual_seed(SEED)
+    qz = own(h)
+    z_own = qz.rsample((5,))
+    assert len(built) == 4 and all(isinstance(t, AffineCoupling) and not t.reuse_draws
+                                   for t in qz.transforms)
+    assert_close(z_own, z, atol=EXACT, rtol=EXACT)
+    assert_close(qz.log_prob(z_own), default(h).log_prob(z), atol=EXACT, rtol=EXACT)
+    fixed = z.detach().clone()  # scored at a fixed point: the gradients reach every parameter
+    g_own = torch.autograd.grad(own(h).log_prob(fixed).sum(), list(own.parameters()))
+    g = torch.autograd.grad(default(h).log_prob(fixed).sum(), list(default.parameters()))
+    for a, b in zip(g_own, g):
+        assert_close(a, b, atol=EXACT, rtol=EXACT)
+
+
 # ----------------------------------------------------------------------------- the CPD net
 
 def test_shapes_and_pathwise_gradients():

@@ -172,7 +172,7 @@ def test_released_answers_are_in_the_solutions(builds):
         package = _lines("\n".join(t for p, t in corpus.items() if p.startswith("dpm_core/")))
         for path in references(assignment):
             assert _body_lines(path) <= package, path
-    assert set(stage.withheld) == set(references("dpm2_inference")) | set(references("importance_sampling"))
+    assert set(stage.withheld) == {path for assignment in ORDER[2:] for path in references(assignment)}
 
 
 PROBE = r"""
@@ -319,3 +319,27 @@ def test_exercise_table_matches_dpm_core():
     for assignment in EXERCISES:
         for path in references(assignment):
             assert path in graph.uses, path
+
+
+def test_the_opt_in_references_are_withheld_but_not_needed(tmp_path, monkeypatch):
+    """With dpm2_beyond open, its own references are withheld, among them the two that
+    dpm_core reaches only on request (``handout.OPT_IN``): do those requests fail with the
+    withheld message, and does the notebook's reference solution, whose given code must
+    not make them, run green against that hand-out?"""
+    root = tmp_path / "handout"
+    result = subprocess.run([sys.executable, "-m", "course.handout", str(root), "--open", "dpm2_beyond"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert set(handout.OPT_IN) <= set(handout.plan(["dpm2_beyond"]).withheld)
+    probe = ("import torch\nfrom dpm_core import FlowCPDNet, MoGCPDNet\nfrom dpm_core.nvil import _mixture_rsample\n"
+             "for call in (lambda: FlowCPDNet(2, num_inputs=3)(torch.zeros(4, 3)).sample(),\n"
+             "             lambda: _mixture_rsample(MoGCPDNet(2, num_inputs=3)(torch.zeros(4, 3)), torch.Size((1,)))):\n"
+             "    try:\n        call()\n    except NotImplementedError as error:\n        print(error)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(WITHHELD_WORDS) == 2, out.stdout
+    reference = tmp_path / "dpm2_beyond" / "dpm2_beyond.ipynb"
+    reference.parent.mkdir()
+    nbformat.write(handout.solution_notebook(REPO / "source" / "dpm2_beyond" / "dpm2_beyond.ipynb"), reference)
+    assert _execute(reference, root, monkeypatch) == []

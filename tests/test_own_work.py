@@ -15,6 +15,7 @@ import inspect
 import textwrap
 
 import pytest
+import torch
 
 import check_variants
 from checks_harness import BEGIN, REPO, notebook_cells, outcomes, reference_namespace
@@ -61,29 +62,31 @@ def cheats(assignment: str, name: str, path: str, names_present) -> dict:
     if "." not in qualname and hasattr(__import__("dpm_core"), own):
         forms["package re-export"] = f"import dpm_core\n{name} = dpm_core.{own}"
     if isinstance(ref, type):
+        # a module delegates forward; a torch.distributions transform its three maps
+        transform = issubclass(ref, torch.distributions.transforms.Transform)
+        base = "torch.distributions.transforms.Transform" if transform else "torch.nn.Module"
+        methods = ("_call", "_inverse", "log_abs_det_jacobian") if transform else ("forward",)
+        delegates = "".join(f"    def {m}(self, *args, **kwargs):\n"
+                            f"        return self.inner.{m}(*args, **kwargs)\n" for m in methods)
         forms["subclass"] = f"import {module}\nclass {name}({path}):\n    pass"
         forms["composition"] = (
             f"import torch\nfrom {module} import {qualname} as _Inner\n"
-            f"class {name}(torch.nn.Module):\n"
+            f"class {name}({base}):\n"
             f"    def __init__(self, *args, **kwargs):\n"
             f"        super().__init__()\n"
-            f"        self.inner = _Inner(*args, **kwargs)\n"
-            f"    def forward(self, *args, **kwargs):\n"
-            f"        return self.inner(*args, **kwargs)")
+            f"        self.inner = _Inner(*args, **kwargs)\n" + delegates)
         forms["composition by type()"] = (  # the class is reached only through an instance
             f"import torch\nimport {module}\n_models = [{path}]\n"
-            f"class {name}(torch.nn.Module):\n"
+            f"class {name}({base}):\n"
             f"    def __init__(self, *args, **kwargs):\n"
             f"        super().__init__()\n"
-            f"        self.inner = _models[0](*args, **kwargs)\n"
-            f"    def forward(self, *args, **kwargs):\n"
-            f"        return self.inner(*args, **kwargs)")
+            f"        self.inner = _models[0](*args, **kwargs)\n" + delegates)
         forms["copy"] = _copy_source(path, names_present)
         forms["borrowed methods"] = (
             f"import torch\nimport {module}\n"
-            f"class {name}(torch.nn.Module):\n"
+            f"class {name}({base}):\n"
             f"    __init__ = {path}.__init__\n"
-            f"    forward = {path}.forward")
+            + "".join(f"    {m} = {path}.{m}\n" for m in methods))
     else:
         forms["partial"] = f"import functools\nimport {module}\n{name} = functools.partial({path})"
         forms["lambda"] = f"import {module}\n{name} = lambda *args, **kwargs: {path}(*args, **kwargs)"
