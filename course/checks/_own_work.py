@@ -275,6 +275,9 @@ def _ow_instance(path: str, cls):
         "dpm_core.variance.SelfCritic": tuple,
         "dpm_core.variance.Baseline": lambda: (3, 4),
         "dpm_core.variance.CVChain": lambda: (part("variance", "VarianceReduction"),),
+        # a coupling over K = 2 whose conditioner moves nothing
+        "dpm_core.flows.AffineCoupling": lambda: (torch.tensor([1.0, 0.0]),
+                                                  lambda v: (0 * v, 0 * v)),
     }
     if path not in recipes:
         return None
