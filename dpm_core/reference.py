@@ -79,7 +79,15 @@ def init_decoder_bias(model: NVIL, images: torch.Tensor) -> None:
     Args:
         model: an NVIL whose decoder ends in a linear layer with C*H*W outputs.
         images: training images in [0, 1], ``[N] + data_shape``.
+
+    Raises:
+        ValueError: if the images are not in [0, 1] (e.g. the stored uint8 intensities of
+            an ``ImageData``, 0 to 255: pass its batches instead).
     """
+    if bool((images < 0).any()) or bool((images > 1).any()):
+        raise ValueError(f"images must be in [0, 1], got values from {images.min().item()} to "
+                         f"{images.max().item()}: pass batches of the data (e.g. "
+                         f"next(data.train.batches(10000))[0]), not its stored intensities")
     size = images[0].numel()
     last = [m for m in model.gen_model.cpd_net.decoder.modules()
             if isinstance(m, torch.nn.Linear) and m.out_features == size]

@@ -26,6 +26,17 @@ def test_decoder_bias_starts_at_the_mean_image():
     torch.testing.assert_close(mean, images.mean(0).clamp(1e-3, 1 - 1e-3).expand(3, 1, 28, 28))
 
 
+def test_decoder_bias_refuses_intensities_outside_0_1():
+    """Are stored uint8 intensities (0 to 255), which would start every pixel near white,
+    refused with a message that says what to pass, and the bias left as it was?"""
+    model = build_reference_vae(latent_size=2, hidden_size=8)
+    before = model.gen_model.cpd_net.decoder[-2].bias.detach().clone()
+    stored = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*batches"):
+        init_decoder_bias(model, stored)
+    torch.testing.assert_close(model.gen_model.cpd_net.decoder[-2].bias, before)
+
+
 def test_time_cosine_decays_from_one_to_the_floor(monkeypatch):
     """Does the time-based schedule start at 1, pass the midpoint at half time and stay at the floor?"""
     now = [100.0]
