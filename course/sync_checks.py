@@ -199,12 +199,9 @@ def _replace_region(source: str, code: str) -> str:
 
 
 def _assignments(repo_root: Path, names: list[str] | None) -> list[str]:
-    """The assignments to sync: those named (by default all of the course, and any notebook in
-    preparation, in ``source/`` but not yet in ``course/assignments.json``) that have checks."""
+    """The assignments to sync: those named (all of the course by default) that have checks."""
     with open(REPO / "course" / "assignments.json") as f:
         course = [a["name"] for a in json.load(f)["assignments"]]
-    course += sorted(p.stem for p in (REPO / "course" / "checks").glob("[!_]*.py")
-                     if p.stem not in course and (repo_root / "source" / p.stem).is_dir())
     for name in names or []:
         if name not in course:
             raise ValueError(f"assignment must be one of {course}, got {name!r}")
