@@ -56,7 +56,8 @@ EXERCISES = {
     },
     "dpm2_beyond": {
         # answered by torch's td.ContinuousBernoulli, not by dpm_core: the checks refuse code that
-        # names it, and its clamped lambda fails the extreme logits (course/checks/dpm2_beyond.py)
+        # names it (scan_solution of course/judges/dpm2_beyond.py), and its clamped lambda fails the
+        # extreme logits
         "cb-normaliser-solution": {"cb_log_normaliser": None},
         "cb-log-prob-solution": {"cb_log_prob": None},
         "mixture-rsample-solution": {"mixture_rsample": "dpm_core.nvil._mixture_rsample"},

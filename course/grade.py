@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
+from course.handout import student_package
+from course.judges import JUDGED
 from course.sandbox import SandboxUnavailable, check_sandbox, gib
 from course.submission import MAX_SUBMISSION_BYTES, Job, Limits, Result, grade_submission
 
@@ -145,13 +147,16 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
         source = _source_files(root, a["name"])
         pending += [(a, s, template, source) for s in names]
     workers = workers or os.cpu_count() or 1
+    # a judged assignment's kernels import dpm_core without the references of its exercises
+    packages = {a["name"]: student_package(a["name"]) for a in assignments
+                if a["name"] in JUDGED}
 
     def job(a, student, template, source) -> Job:
         files, skipped = read_submission(root / "course" / "submitted" / student / a["name"])
         if not files:
             skipped.append("the submission folder is empty or missing")
         return Job(a["name"], student, list(a["notebooks"]), source, files, template, limits,
-                   skipped)
+                   skipped, packages.get(a["name"], {}))
 
     results = []
     client, cluster = _client(workers, scheduler)

@@ -4,27 +4,38 @@
 * :class:`WarningsAreNotFailures`: stderr text of correct code does not cost points;
 * :class:`BoundedExecute`: nbgrader's ``Execute`` with a time budget per notebook, a cap on
   the output kept per cell, and a kernel that dies (memory cap, crash, ``os._exit``) or
-  will not stop costing only the cells that did not run, with the reason written down;
-  a test cell earns its points only with the grading guard's pass token (``course.guard``);
+  will not stop costing only the cells that did not run, with the reason written down.
+  In a judged assignment (``course.judges``) a graded test cell's code is not run: its judge
+  runs here, in the grading process, talks to the probe in the kernel through plain data,
+  and writes the cell's outputs itself; in the others a test cell earns its points only with
+  the grading guard's pass token (``course.guard``);
 * :class:`RestoreTestCells`: nbgrader's ``OverwriteCells``, whose restored test cells find
   their place after a self-check cell too.
 """
 
+import base64
+import binascii
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 from nbformat import from_dict
+from nbformat.v4 import new_code_cell as nbformat_new_code_cell
 from nbformat.v4 import new_output
 from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
 from traitlets import Bool, Integer, Unicode
 
 from course.guard import GUARD_NAME, GuardSession, scan_source
+from course.judges import JUDGED, judge_for, run_judge
+from course.judges._common import Probe
 from course.sandbox import MemoryCap, gib
+from dpm_probe.runtime import MIME as PROBE_MIME
+from dpm_probe.wire import WireError
 
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -121,7 +132,15 @@ class BoundedExecute(Execute):
       before keep their outputs, so their points. nbgrader alone loses the notebook.
     * What one cell may print is capped at ``max_output_bytes`` as it arrives, so a
       50 MB print cannot make a 50 MB feedback page or fill the grader's memory.
-    * With ``guard`` (the default), the grading guard (``course.guard``) is installed in the
+    * In a judged assignment, each graded test cell is graded by its judge
+      (:meth:`_judge_cell`): the cell's code is not sent to the kernel; the judge's requests
+      are, each as a cell of its own (:class:`_KernelProbe`), and the judge's verdict becomes
+      the cell's outputs (a line when it passes, an ``AssertionError`` naming the mistake
+      otherwise). A missing, malformed or oversized probe reply fails the cell with a reason;
+      the probe's other outputs are dropped. The own-work scan of the solution cells
+      (``course.own_work``) still applies; the guard and its scan do not (nothing the kernel
+      does can change a judge's verdict).
+    * Elsewhere, with ``guard`` (the default), the grading guard (``course.guard``) is installed in the
       kernel before the first cell, and each graded test cell keeps its points only when the
       guard signs a pass token for it; a cell without one gets an error output, and an
       ``execute_result`` never counts as partial credit. When the guard reports a change to
@@ -140,6 +159,12 @@ class BoundedExecute(Execute):
     guard = Bool(True, help="score test cells by the grading guard's pass tokens").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
+        assignment = (resources or {}).get("nbgrader", {}).get("assignment", "")
+        self._assignment = assignment
+        if assignment in JUDGED:
+            # the verdicts are reached outside the kernel: nothing in it needs guarding
+            self.guard = False
+        self._probing = False
         self._cell_timeout = self.timeout
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout else None
         self._stopped = ""
@@ -149,8 +174,7 @@ class BoundedExecute(Execute):
         self._expressions = {}
         self._last_reply = None
         self._tampered = _scan_student_cells(nb) if self.guard else []
-        assignment = (resources or {}).get("nbgrader", {}).get("assignment", "")
-        self._own_work = _scan_own_work(nb, assignment) if self.guard else {}
+        self._own_work = _scan_own_work(nb, assignment)
         self._last_code = max((i for i, c in enumerate(nb.cells) if c.cell_type == "code"),
                               default=-1)
         grader_error = ""
@@ -192,12 +216,17 @@ class BoundedExecute(Execute):
         if self.guard and self._session is None:
             self._install_guard(resources)
         self._started = True
-        graded = self.guard and utils.is_grade(cell) and not utils.is_solution(cell)
+        test_cell = utils.is_grade(cell) and not utils.is_solution(cell)
+        judge = judge_for(self._assignment, cell.metadata.nbgrader.grade_id) if test_cell else None
+        graded = self.guard and test_cell and judge is None  # scored by the guard's token
         self._expressions = {"token": self._session.expression(cell.metadata.nbgrader.grade_id)} \
             if graded else {}
         self._last_reply = None
         try:
-            cell, resources = super().preprocess_cell(cell, resources, index)
+            if judge is not None:
+                self._judge_cell(cell, index, judge)
+            else:
+                cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             self._stopped = self._death_reason()
         except CellTimeoutError:
@@ -211,9 +240,9 @@ class BoundedExecute(Execute):
             return cell, resources
         if graded:
             self._score_by_token(cell)
-            if cell.metadata.nbgrader.grade_id in self._own_work:
-                cell.outputs.append(self._error("OwnWork",
-                                                self._own_work[cell.metadata.nbgrader.grade_id]))
+        if (graded or judge is not None) and cell.metadata.nbgrader.grade_id in self._own_work:
+            cell.outputs.append(self._error("OwnWork",
+                                            self._own_work[cell.metadata.nbgrader.grade_id]))
         if index == self._last_code:
             self._final_check()
         return cell, resources
@@ -221,6 +250,42 @@ class BoundedExecute(Execute):
     def on_cell_executed(self, **kwargs):
         super().on_cell_executed(**kwargs)
         self._last_reply = kwargs["execute_reply"]["content"]
+
+    # -- the judges ---------------------------------------------------------------------------
+
+    def _judge_cell(self, cell, index: int, judge) -> None:
+        """Grade a test cell by its judge, outside the kernel: the cell's code is not run; its
+        outputs are the judge's verdict (a line when it passes, an error naming the mistake)."""
+        probe = _KernelProbe(self, index)
+        try:
+            message = run_judge(judge, probe, secrets.randbits(62))
+            cell.outputs = [new_output("stream", name="stdout", text=f"{message}\n")]
+        except (DeadKernelError, CellTimeoutError):
+            cell.outputs = []
+            raise
+        except AssertionError as err:
+            cell.outputs = [self._error("AssertionError", str(err))]
+        except WireError as err:
+            cell.outputs = [self._error("AssertionError", f"the kernel's answer to the hidden "
+                                                          f"tests could not be read: {err}")]
+        except Exception as err:  # noqa: BLE001 -- what the kernel sent did not fit the judge
+            self.log.warning("judge of %s failed", cell.metadata.nbgrader.grade_id,
+                             exc_info=True)
+            cell.outputs = [self._error(
+                "AssertionError", f"the hidden tests could not use what your code returned "
+                                  f"({type(err).__name__}: {err})")]
+        cell.execution_count = None
+
+    def _probe(self, code: str, index: int):
+        """Run a probe request's code in the kernel as a cell of its own; its outputs."""
+        probe_cell, graded_cell = nbformat_new_code_cell(code), self.nb.cells[index]
+        self._probing = True
+        try:
+            run_sync(self.async_execute_cell)(probe_cell, index, store_history=False)
+        finally:
+            self._probing = False
+            self.nb.cells[index] = graded_cell  # nbclient puts the cell it ran in its place
+        return probe_cell.outputs
 
     # -- the guard --------------------------------------------------------------------------
 
@@ -274,9 +339,16 @@ class BoundedExecute(Execute):
             self._tampered += [r for r in reasons if r not in self._tampered]
 
     def output(self, outs, msg, display_id, cell_index):
-        """Keep at most ``max_output_bytes`` of one cell's output, cut at arrival."""
+        """Keep at most ``max_output_bytes`` of one cell's output, cut at arrival (a probe's
+        reply may hold up to ``_PROBE_OUTPUT_BYTES``, and nothing else of a probe is kept)."""
         content = msg.get("content", {})
         size = len(json.dumps(content, default=str))
+        if self._probing:
+            self._probe_bytes = getattr(self, "_probe_bytes", 0) + size
+            if msg["msg_type"] != "display_data" or PROBE_MIME not in content.get("data", {}) \
+                    or self._probe_bytes > _PROBE_OUTPUT_BYTES:
+                return None
+            return super().output(outs, msg, display_id, cell_index)
         used = self._output_sizes.get(cell_index, 0)
         self._output_sizes[cell_index] = used + size
         if used + size > self.max_output_bytes:
@@ -311,6 +383,42 @@ class BoundedExecute(Execute):
         return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
 
 
+#: what the replies of one probe request may hold (base64 of a wire message and its JSON)
+_PROBE_OUTPUT_BYTES = 96 * 2 ** 20
+
+
+class _KernelProbe(Probe):
+    """The probe in the kernel that ``executor`` runs: each request is a cell of its own that
+    calls ``dpm_probe.runtime.serve``; the reply is the one ``display_data`` output of the
+    probe's type that carries the request's nonce."""
+
+    def __init__(self, executor: BoundedExecute, index: int):
+        self.executor, self.index = executor, index
+
+    def exchange(self, request: bytes) -> bytes:
+        nonce = secrets.token_hex(16)
+        text = base64.b64encode(request).decode()
+        self.executor._probe_bytes = 0
+        outputs = self.executor._probe(
+            f"__import__('dpm_probe.runtime', fromlist=['serve']).serve({text!r}, {nonce!r}, "
+            f"globals())", self.index)
+        replies = [o for o in outputs if o.get("output_type") == "display_data"
+                   and isinstance(o.get("data", {}).get(PROBE_MIME), dict)
+                   and o["data"][PROBE_MIME].get("nonce") == nonce]
+        if len(replies) != 1:
+            errors = [f"{o.get('ename')}: {o.get('evalue')}" for o in outputs
+                      if o.get("output_type") == "error"]
+            raise AssertionError(
+                "the hidden tests got " + ("no answer" if not replies else "several answers")
+                + " from your kernel" + (f" ({errors[0][:300]})" if errors else "")
+                + ": run the notebook from the top in a fresh kernel; do not replace what "
+                  "the notebook imports")
+        try:
+            return base64.b64decode(replies[0]["data"][PROBE_MIME].get("reply", ""), validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise AssertionError("the kernel's answer to the hidden tests is not readable") from None
+
+
 def _scan_student_cells(nb) -> list[str]:
     """What the static scan finds in the cells a student could edit (nbgrader restored the
     others from the gradebook before this runs)."""
@@ -324,8 +432,8 @@ def _scan_student_cells(nb) -> list[str]:
 
 def _scan_own_work(nb, assignment: str) -> dict:
     """``{test cell id: message}`` for the exercises whose solution cell reaches dpm_core's
-    reference of that exercise (``course.own_work.scan_solution``): the in-kernel check of
-    the hidden tests says the same, this reads the source the student handed in."""
+    reference of that exercise, or breaks a judged assignment's own source rule
+    (``course.own_work.scan_solution``): this reads the source the student handed in."""
     from course.own_work import scan_solution
 
     found, current = {}, []
@@ -336,8 +444,7 @@ def _scan_own_work(nb, assignment: str) -> dict:
         if meta.get("solution"):
             current = scan_solution(assignment, meta.get("grade_id", ""), cell.source)
         elif meta.get("grade") and current:
-            found[meta["grade_id"]] = ("this exercise is answered with dpm_core's reference, "
-                                       "which earns no points: " + "; ".join(current))
+            found[meta["grade_id"]] = "no points for this exercise: " + "; ".join(current)
     return found
 
 

@@ -54,7 +54,8 @@ import nbformat
 
 from course.exercises import EXERCISES
 
-__all__ = ["OPT_IN", "Stage", "plan", "build", "needs", "withhold_source", "solution_notebook",
+__all__ = ["OPT_IN", "Stage", "plan", "build", "needs", "withhold_source", "student_package",
+           "solution_notebook",
            "WITHHELD_MESSAGE", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -421,6 +422,25 @@ def withhold_source(source: str, module: str, withheld: dict) -> str:
     text = "".join(lines)
     ast.parse(text)
     return text
+
+
+def student_package(assignment: str, repo: Path = REPO) -> dict:
+    """``{path: text}`` of ``dpm_core`` as its students have it while ``assignment`` is open:
+    the references of its graded exercises and of every later assignment withheld, those of
+    earlier assignments released. The grader's kernels import this build, so that calling a
+    reference of the graded exercise reaches nothing.
+
+    Raises:
+        ValueError: ``assignment`` is not in the course.
+    """
+    order = [a["name"] for a in course_order(repo)]
+    if assignment not in order:
+        raise ValueError(f"unknown assignment {assignment!r}; the course has {', '.join(order)}")
+    released = order[:order.index(assignment)]
+    withheld = {p: a for p, a in _exercise_owner().items() if a not in released}
+    return {str(path.relative_to(repo / PACKAGE)):
+            withhold_source(path.read_text(), _module_name(path, repo / PACKAGE), withheld)
+            for path in sorted((repo / PACKAGE).rglob("*.py"))}
 
 
 def solution_notebook(path: Path):

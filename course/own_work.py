@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import sys
 import types
 from pathlib import Path
 
@@ -117,9 +118,27 @@ def scan_solution(assignment: str, cell_id: str, source: str) -> list[str]:
         One message per finding (empty when there is none, or the cell does not parse: the
         kernel reports that).
     """
+    found = _judge_rules(assignment, cell_id, source)
     paths = [p for p in EXERCISES.get(assignment, {}).get(cell_id, {}).values() if p]
     if not paths:
+        return found
+    return found + _reference_uses(paths, source)
+
+
+def _judge_rules(assignment: str, cell_id: str, source: str) -> list[str]:
+    """The findings of the judged assignment's own source rule (``scan_solution`` of
+    ``course/judges/<assignment>.py``, e.g. a library class that answers the exercise)."""
+    from course.judges import JUDGED, judges
+
+    if assignment not in JUDGED:
         return []
+    judges(assignment)
+    rule = getattr(sys.modules[f"course.judges.{assignment}"], "scan_solution", None)
+    return rule(cell_id, source) if rule else []
+
+
+def _reference_uses(paths: list, source: str) -> list[str]:
+    """Where ``source`` reaches one of the references at ``paths`` (see :func:`scan_solution`)."""
     try:
         tree = ast.parse(_code(source))
     except SyntaxError:

@@ -1,4 +1,4 @@
-"""The sandbox a student's kernel runs in: bubblewrap, a memory cap, no network.
+"""The sandbox a student's kernel runs in: bubblewrap, bounded memory, processes and disk.
 
 Grading runs each student's notebooks in a Jupyter kernel started through a kernelspec
 whose ``argv`` wraps ``ipykernel_launcher`` in Debian's ``bwrap`` (bubblewrap). Inside:
@@ -7,28 +7,47 @@ whose ``argv`` wraps ``ipykernel_launcher`` in Debian's ``bwrap`` (bubblewrap). 
 * new network, PID, IPC, UTS and cgroup namespaces: loopback only, no other process of the
   machine visible, and every process the kernel starts dies with it (``--die-with-parent``
   and the PID namespace);
-* a read-only view of the system (``/usr``, ``/etc``), of Python and of the installed
-  ``dpm_core`` and data; the only writable folders are the notebook's own folder in the
-  scratch course and the folder of the kernel's ZeroMQ ``ipc`` sockets; a private ``/tmp``;
+* a read-only view of the system (``/usr``, ``/etc``), of Python, of the installed
+  ``dpm_core`` (and ``dpm_probe``) and data, and of the folder of the kernel's connection
+  file; the sandbox's own root and ``/dev`` are read-only too;
+* the kernel's working directory, ``/tmp`` and ``/dev/shm`` are private tmpfs of ``disk``
+  bytes each, gone with the kernel. The working directory is mounted at the path of the
+  notebook's folder in the scratch course, so the notebook sees the cwd it expects, and
+  starts with copies of the files that nbgrader put next to the notebook (the submission's
+  and the assignment's other files; no notebook). The folder on disk, where nbgrader writes
+  the autograded notebook, is never visible to the kernel: nothing the kernel writes (a
+  file, a link) reaches what the grader writes or reads;
+* the only folder the kernel shares writable with the grader holds the kernel's ZeroMQ
+  ``ipc`` sockets; the grader writes nothing there but the grading guard's key file (which
+  the kernel reads and deletes, :class:`KernelFolder`) and reads no file from it;
 * the repository, ``source/``, the gradebook and other students' work are not mounted at all;
 * a clean environment (``--clearenv``): the instructor's variables do not leak in.
 
-Memory is capped per submission: with root rights in a cgroup (v2 ``memory.max`` or v1
-``memory.limit_in_bytes``), where the kernel of every notebook of the submission is put,
-so the cap also gives the peak; otherwise with ``RLIMIT_AS`` (as ``prlimit --as`` does).
+Memory and processes are capped per submission. With root rights, in cgroups that the
+kernel of every notebook of the submission joins before it starts, so that they count
+every process of the submission (bwrap, the kernel, all it starts) together: memory
+(v2 ``memory.max`` or v1 ``memory.limit_in_bytes``; it counts the kernel's tmpfs pages too,
+and gives the peak) and tasks, processes and threads alike (``pids.max``). Without root,
+memory is capped per process with ``RLIMIT_AS`` (as ``prlimit --as`` does) and there is no
+cap on processes: ``RLIMIT_NPROC`` counts every process of a real user id, and the sandbox's
+user is the grader's own outside it (root, whom the limit does not bind, or the instructor,
+whose own processes it would count and stop).
 
 The kernel is started as ``python -m course.sandbox launch ... -- bwrap ...``: that small
-launcher joins the cgroup or sets the limit, then replaces itself with ``bwrap``.
+launcher joins the cgroups or sets the limit, opens the files to copy into the working
+directory, then replaces itself with ``bwrap``.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -44,8 +63,11 @@ __all__ = [
     "find_bwrap",
     "check_sandbox",
     "MemoryCap",
+    "ProcessCap",
     "Sandbox",
+    "KernelFolder",
     "write_kernelspec",
+    "package_folder",
     "python_folders",
     "gib",
 ]
@@ -54,6 +76,12 @@ __all__ = [
 NOBODY = 65534
 #: the name of the kernelspec that grading writes and nbgrader's Execute is told to use
 KERNEL_NAME = "dpm-sandbox"
+
+#: what nbgrader leaves out when it copies a submission's other files next to the notebook
+#: (``CourseDirectory.ignore`` and the notebooks): the kernel's copies leave them out too
+_NOT_COPIED = (".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.ipynb")
+#: the most files copied into the kernel's working directory (each is an open descriptor)
+_MAX_COPIES = 256
 
 _INSTALL_HINT = (
     "Install bubblewrap (Debian/Ubuntu: `sudo apt-get install bubblewrap`; Fedora: "
@@ -82,7 +110,8 @@ def check_sandbox() -> str:
     bwrap = find_bwrap()
     if bwrap is None:
         raise SandboxUnavailable(f"bwrap (bubblewrap) is not installed. {_INSTALL_HINT}")
-    probe = [bwrap, *_isolation_flags(), *_system_binds(), "--proc", "/proc", "--dev", "/dev",
+    probe = [bwrap, *_isolation_flags(), "--size", str(2 ** 20), "--tmpfs", "/tmp",
+             *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/",
              "--", "/bin/true"]
     try:
         result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
@@ -125,48 +154,48 @@ def _gpu_binds() -> list[str]:
     return args
 
 
-class MemoryCap:
-    """A cgroup that caps the memory of every process of one submission.
+class _Cgroup:
+    """A cgroup of one submission under ``dpm-grading/``, with one controller's limit.
 
-    Use :meth:`create`; it returns None where no cgroup can be made (not root, or no
-    memory controller), and the caller falls back to ``RLIMIT_AS``.
+    Subclasses name the controller and write its limit; :meth:`create` returns None where no
+    cgroup can be made (not root, or no such controller).
     """
 
-    V1_ROOT = Path("/sys/fs/cgroup/memory")
+    CONTROLLER = ""
+    V1_ROOT = Path("/sys/fs/cgroup")
     V2_ROOT = Path("/sys/fs/cgroup")
 
     def __init__(self, path: Path, limit: int, version: int):
         self.path, self.limit, self.version = path, limit, version
 
     @classmethod
-    def create(cls, limit: int, name: str = "") -> Optional["MemoryCap"]:
-        """A new cgroup limited to ``limit`` bytes, or None when this machine cannot make one."""
+    def create(cls, limit: int, name: str = "") -> Optional["_Cgroup"]:
+        """A new group limited to ``limit``, or None when this machine cannot make one.
+
+        In cgroup v2 every controller of a submission lives in the one group
+        ``dpm-grading/<name>``: pass the same ``name`` to each class.
+        """
         name = name or uuid.uuid4().hex
         v2 = cls.V2_ROOT / "cgroup.controllers"
         candidates = []
-        if v2.exists() and "memory" in v2.read_text().split():
+        if v2.exists() and cls.CONTROLLER in v2.read_text().split():
             candidates.append((cls.V2_ROOT / "dpm-grading" / name, 2))
-        if (cls.V1_ROOT / "memory.limit_in_bytes").exists():
+        if (cls.V1_ROOT / "cgroup.procs").exists() and cls.V1_ROOT != cls.V2_ROOT:
             candidates.append((cls.V1_ROOT / "dpm-grading" / name, 1))
         for path, version in candidates:
+            made = not path.exists()
             try:
                 if version == 2:
-                    parent = path.parent
-                    parent.mkdir(exist_ok=True)
-                    (cls.V2_ROOT / "cgroup.subtree_control").write_text("+memory")
-                    (parent / "cgroup.subtree_control").write_text("+memory")
-                    path.mkdir()
-                    (path / "memory.max").write_text(str(limit))
-                    (path / "memory.swap.max").write_text("0")
+                    path.parent.mkdir(exist_ok=True)
+                    for parent in (cls.V2_ROOT, path.parent):
+                        (parent / "cgroup.subtree_control").write_text(f"+{cls.CONTROLLER}")
+                    path.mkdir(exist_ok=True)
                 else:
                     path.mkdir(parents=True)
-                    (path / "memory.limit_in_bytes").write_text(str(limit))
-                    swap = path / "memory.memsw.limit_in_bytes"
-                    if swap.exists():
-                        swap.write_text(str(limit))
+                cls._set_limit(path, limit, version)
                 return cls(path, limit, version)
             except OSError:
-                if path.exists():
+                if made and path.exists():
                     try:
                         path.rmdir()
                     except OSError:
@@ -174,10 +203,14 @@ class MemoryCap:
         return None
 
     @classmethod
-    def open(cls, path, limit: int) -> "MemoryCap":
+    def open(cls, path, limit: int) -> "_Cgroup":
         """The existing group at ``path`` (made by :meth:`create`)."""
         path = Path(path)
-        return cls(path, limit, 2 if (path / "memory.max").exists() else 1)
+        return cls(path, limit, 2 if (path / "cgroup.controllers").exists() else 1)
+
+    @staticmethod
+    def _set_limit(path: Path, limit: int, version: int) -> None:
+        raise NotImplementedError
 
     def _read(self, name: str) -> str:
         try:
@@ -185,21 +218,10 @@ class MemoryCap:
         except OSError:
             return ""
 
-    def peak(self) -> int:
-        """The most memory the group has used, in bytes (0 when the kernel does not say)."""
-        text = self._read("memory.peak" if self.version == 2 else "memory.max_usage_in_bytes")
-        return int(text) if text.strip().isdigit() else 0
-
-    def out_of_memory(self) -> bool:
-        """Whether the kernel's OOM killer acted in this group, or the cap was hit."""
-        if self.version == 2:
-            events = dict(line.split() for line in self._read("memory.events").splitlines())
-            return int(events.get("oom_kill", 0)) > 0 or int(events.get("max", 0)) > 0
-        control = dict(line.split() for line in self._read("memory.oom_control").splitlines()
-                       if len(line.split()) == 2)
-        if "oom_kill" in control:
-            return int(control["oom_kill"]) > 0
-        return int(self._read("memory.failcnt") or 0) > 0
+    def _counts(self, name: str) -> dict:
+        """``{key: int}`` of a flat-keyed file such as ``memory.events``."""
+        pairs = (line.split() for line in self._read(name).splitlines())
+        return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
 
     def kill_all(self) -> None:
         """SIGKILL every process still in the group (the sandbox should have ended them)."""
@@ -210,7 +232,7 @@ class MemoryCap:
                 pass
 
     def remove(self) -> None:
-        """Kill what is left and delete the group."""
+        """Kill what is left and delete the group (already gone: nothing to do)."""
         for _ in range(50):
             self.kill_all()
             try:
@@ -222,17 +244,91 @@ class MemoryCap:
                 time.sleep(0.1)
 
 
+class MemoryCap(_Cgroup):
+    """A cgroup that caps the memory of every process of one submission, tmpfs pages included.
+
+    Use :meth:`create`; it returns None where no cgroup can be made (not root, or no
+    memory controller), and the caller falls back to ``RLIMIT_AS``.
+    """
+
+    CONTROLLER = "memory"
+    V1_ROOT = Path("/sys/fs/cgroup/memory")
+
+    @staticmethod
+    def _set_limit(path: Path, limit: int, version: int) -> None:
+        if version == 2:
+            (path / "memory.max").write_text(str(limit))
+            (path / "memory.swap.max").write_text("0")
+        else:
+            (path / "memory.limit_in_bytes").write_text(str(limit))
+            swap = path / "memory.memsw.limit_in_bytes"
+            if swap.exists():
+                swap.write_text(str(limit))
+
+    def peak(self) -> int:
+        """The most memory the group has used, in bytes (0 when the kernel does not say)."""
+        text = self._read("memory.peak" if self.version == 2 else "memory.max_usage_in_bytes")
+        return int(text) if text.strip().isdigit() else 0
+
+    def out_of_memory(self) -> bool:
+        """Whether the kernel's OOM killer acted in this group, or the cap was hit."""
+        if self.version == 2:
+            events = self._counts("memory.events")
+            return events.get("oom_kill", 0) > 0 or events.get("max", 0) > 0
+        control = self._counts("memory.oom_control")
+        if "oom_kill" in control:
+            return control["oom_kill"] > 0
+        return int(self._read("memory.failcnt") or 0) > 0
+
+
+class ProcessCap(_Cgroup):
+    """A cgroup (``pids`` controller) that caps the tasks of one submission: its processes
+    and their threads together, counted from bwrap down.
+
+    Use :meth:`create`; it returns None where no cgroup can be made (not root, or no pids
+    controller): then the number of processes is not capped (see the module's docstring).
+    """
+
+    CONTROLLER = "pids"
+    V1_ROOT = Path("/sys/fs/cgroup/pids")
+
+    @staticmethod
+    def _set_limit(path: Path, limit: int, version: int) -> None:
+        (path / "pids.max").write_text(str(limit))
+
+    def current(self) -> int:
+        """How many tasks the group holds now."""
+        text = self._read("pids.current")
+        return int(text) if text.strip().isdigit() else 0
+
+    def refused(self) -> int:
+        """How many times a new process or thread was refused because the cap was reached."""
+        return self._counts("pids.events").get("max", 0)
+
+
 @dataclass(frozen=True)
 class Sandbox:
-    """How a kernel is confined: what it may read, where it may write, its memory cap.
+    """How a kernel is confined: what it may read and write, its memory, processes and disk.
 
     Attributes:
-        workdir: the notebook's folder; the kernel's working directory, writable.
-        runtime_dir: the folder of the connection file and the ipc sockets, writable.
+        workdir: the notebook's folder. The kernel's working directory is a private tmpfs
+            mounted at this path; the folder on disk is never shown to it.
+        runtime_dir: the folder of the kernel's connection file, shown read-only.
         readonly: more folders to show read-only (Python, ``dpm_core``, the data).
+        overlays: ``(folder, path)`` pairs: ``folder`` shown read-only at ``path``, over what
+            ``readonly`` shows there (the students' build of ``dpm_core`` over the installed one).
         memory: the memory cap in bytes (0: none).
-        cgroup: the submission's cgroup, or None for ``RLIMIT_AS``.
+        cgroup: the submission's memory cgroup, or None for ``RLIMIT_AS``.
         env: the kernel's whole environment.
+        sockets_dir: the folder of the kernel's ``ipc`` sockets: the only one it shares
+            writable with the grader (None: none).
+        disk: the size in bytes of each of the kernel's tmpfs (working directory, ``/tmp``,
+            ``/dev/shm``).
+        pids_cgroup: the submission's pids cgroup (the same folder as ``cgroup`` in cgroup
+            v2), or None: no cap on processes.
+
+    Raises:
+        ValueError: when ``disk`` is not a positive number of bytes.
     """
 
     workdir: Path
@@ -241,31 +337,92 @@ class Sandbox:
     memory: int = 0
     cgroup: Optional[Path] = None
     env: dict = field(default_factory=dict)
+    sockets_dir: Optional[Path] = None
+    disk: int = 2 ** 30
+    pids_cgroup: Optional[Path] = None
+    overlays: tuple = ()
+
+    def __post_init__(self):
+        if not isinstance(self.disk, int) or self.disk <= 0:
+            raise ValueError(f"disk must be a positive number of bytes, got {self.disk!r}")
 
     def bwrap_argv(self, command: Sequence[str], bwrap: str = "bwrap") -> list[str]:
         """The ``bwrap`` command line that runs ``command`` inside this sandbox."""
+        size = ["--size", str(self.disk)]
         # the private /tmp first: a bind made before it under /tmp (a virtualenv or a scratch
-        # course in /tmp) would be hidden by it
-        args = [bwrap, *_isolation_flags(), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
-                *_system_binds(), *_gpu_binds()]
+        # course in /tmp) would be hidden by it; /dev/shm would be part of /dev's own tmpfs,
+        # which has no size
+        args = [bwrap, *_isolation_flags(), *size, "--tmpfs", "/tmp", "--proc", "/proc",
+                "--dev", "/dev", *size, "--tmpfs", "/dev/shm", *_system_binds(), *_gpu_binds()]
         for path in _distinct_folders(self.readonly):
             args += ["--ro-bind", str(path), str(path)]
-        for path in (self.runtime_dir, self.workdir):
-            args += ["--bind", str(path), str(path)]
+        for folder, path in self.overlays:
+            args += ["--ro-bind", str(folder), str(path)]
+        args += ["--ro-bind", str(self.runtime_dir), str(self.runtime_dir)]
+        if self.sockets_dir is not None:
+            args += ["--bind", str(self.sockets_dir), str(self.sockets_dir)]
+        # last, so that no bind lands inside it; the launcher copies files in just after it
+        args += [*size, "--tmpfs", str(self.workdir)]
+        # bwrap's own root and /dev are tmpfs without a size that the kernel could fill
+        args += ["--remount-ro", "/dev", "--remount-ro", "/"]
         args += ["--chdir", str(self.workdir), "--clearenv"]
         for key, value in sorted(self.env.items()):
             args += ["--setenv", key, str(value)]
         return [*args, "--", *command]
 
+    def launcher_argv(self) -> list[str]:
+        """``python -m course.sandbox launch`` with this sandbox's cgroups or limit and copies;
+        ``--`` and a :meth:`bwrap_argv` follow it."""
+        launcher = [sys.executable, "-m", "course.sandbox", "launch"]
+        for group in dict.fromkeys(g for g in (self.cgroup, self.pids_cgroup) if g is not None):
+            launcher += ["--cgroup", str(group)]
+        if self.cgroup is None and self.memory:
+            launcher += ["--address-space", str(self.memory)]
+        return [*launcher, "--copy-into", str(self.workdir), "--copy-limit", str(self.disk // 2)]
+
     def kernel_argv(self, bwrap: str = "bwrap") -> list[str]:
         """A kernelspec ``argv``: the launcher, then bwrap, then ``ipykernel_launcher``."""
-        launcher = [sys.executable, "-m", "course.sandbox", "launch"]
-        if self.cgroup is not None:
-            launcher += ["--cgroup", str(self.cgroup)]
-        elif self.memory:
-            launcher += ["--address-space", str(self.memory)]
         kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        return [*launcher, "--", *self.bwrap_argv(kernel, bwrap)]
+        return [*self.launcher_argv(), "--", *self.bwrap_argv(kernel, bwrap)]
+
+
+@dataclass(frozen=True)
+class KernelFolder:
+    """Start the sandboxed kernel from the sockets folder, which both sides see, instead of
+    the notebook's folder, which the kernel does not.
+
+    nbclient starts a kernel in ``resources["metadata"]["path"]``, the notebook's folder, and
+    the grading guard (``course.guard``) writes there the key file that the kernel reads and
+    deletes. In the sandbox that path is the kernel's private tmpfs (its cwd comes from
+    bwrap's ``--chdir``), so while nbgrader's Execute runs the path is ``folder``, the
+    sockets folder; the notebook's folder is put back for the steps after it.
+
+    Args:
+        folder: the sandbox's ``sockets_dir``.
+    """
+
+    folder: str
+
+    def around_execute(self, steps: list) -> list:
+        """nbgrader's autograde preprocessors with :meth:`enter` and :meth:`leave` around the
+        Execute step."""
+        from nbgrader.preprocessors import Execute
+
+        i = next(i for i, step in enumerate(steps)
+                 if isinstance(step, type) and issubclass(step, Execute))
+        return [*steps[:i], self.enter, steps[i], self.leave, *steps[i + 1:]]
+
+    def enter(self, nb, resources) -> tuple:
+        """Before Execute: the sockets folder as the notebook's path, the path kept aside."""
+        metadata = resources.setdefault("metadata", {})
+        resources["dpm_notebook_folder"] = metadata.get("path", "")
+        metadata["path"] = self.folder
+        return nb, resources
+
+    def leave(self, nb, resources) -> tuple:
+        """After Execute: the notebook's path back."""
+        resources.setdefault("metadata", {})["path"] = resources.pop("dpm_notebook_folder", "")
+        return nb, resources
 
 
 def _distinct_folders(paths) -> list[Path]:
@@ -278,14 +435,30 @@ def _distinct_folders(paths) -> list[Path]:
     return kept
 
 
-def python_folders() -> list[Path]:
-    """The folders the kernel's Python needs: its prefixes and where ``dpm_core`` lives."""
+def package_folder(name: str) -> Path:
+    """The folder that the installed package ``name`` is imported from (in an editable
+    install, its folder in the repository).
+
+    Raises:
+        ValueError: when no package ``name`` is installed.
+    """
     import importlib.util
 
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"name must be an installed package, got {name!r}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def python_folders() -> list[Path]:
+    """The folders the kernel's Python needs: its prefixes and where ``dpm_core`` (and the
+    kernel side of the grading, ``dpm_probe``, where installed) live."""
     folders = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
-    spec = importlib.util.find_spec("dpm_core")
-    if spec is not None and spec.submodule_search_locations:
-        folders.update(Path(p) for p in spec.submodule_search_locations)
+    for package in ("dpm_core", "dpm_probe"):
+        try:
+            folders.add(package_folder(package))
+        except ValueError:
+            pass
     return sorted(folders)
 
 
@@ -307,24 +480,77 @@ def gib(n: int) -> str:
     return f"{n / 2 ** 30:.3g} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.3g} MiB"
 
 
+def _copy_in(folder: Path, limit: int) -> list[str]:
+    """bwrap options that copy the files under ``folder`` on disk into the tmpfs mounted at
+    the same path in the sandbox, their descriptors left open for bwrap (which closes them).
+
+    Regular files only, each opened without following a link; nbgrader's ignored names and
+    the notebooks are left out, and so is what would pass ``limit`` bytes or ``_MAX_COPIES``
+    files (said on stderr, which nbgrader logs).
+    """
+    args, used, count, left_out = [], 0, 0, []
+    for root, dirs, files in os.walk(folder):  # does not descend into links to folders
+        dirs[:] = sorted(d for d in dirs if not _not_copied(d)
+                         and not os.path.islink(os.path.join(root, d)))
+        if root != str(folder):
+            args += ["--dir", root]
+        for name in sorted(f for f in files if not _not_copied(f)):
+            path = os.path.join(root, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:  # a link (ELOOP), or gone
+                left_out.append(path)
+                continue
+            size = os.fstat(fd)
+            if not stat.S_ISREG(size.st_mode) or used + size.st_size > limit \
+                    or count >= _MAX_COPIES:
+                os.close(fd)
+                left_out.append(path)
+                continue
+            os.set_inheritable(fd, True)
+            used, count = used + size.st_size, count + 1
+            args += ["--perms", "0644", "--file", str(fd), path]
+    if left_out:
+        print(f"course.sandbox: not copied into the kernel's folder: {', '.join(left_out)}",
+              file=sys.stderr)
+    return args
+
+
+def _not_copied(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in _NOT_COPIED)
+
+
 def _launch(argv: list[str]) -> None:
-    """``python -m course.sandbox launch [--cgroup DIR | --address-space BYTES] -- CMD...``."""
+    """``python -m course.sandbox launch [--cgroup DIR]... [--address-space BYTES]
+    [--copy-into DIR [--copy-limit BYTES]] -- bwrap ...``."""
     parser = argparse.ArgumentParser(prog="python -m course.sandbox launch")
-    parser.add_argument("--cgroup", type=Path)
+    parser.add_argument("--cgroup", type=Path, action="append", default=[],
+                        help="a cgroup to join (repeat it: the memory and the pids groups)")
     parser.add_argument("--address-space", type=int, default=0)
+    parser.add_argument("--copy-into", default="",
+                        help="copy this folder's files into the bwrap tmpfs mounted over it")
+    parser.add_argument("--copy-limit", type=int, default=2 ** 30)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to run")
-    if args.cgroup is not None:
-        (args.cgroup / "cgroup.procs").write_text(str(os.getpid()))
-    elif args.address_space:
+    for group in args.cgroup:  # first, so that everything below is counted
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    if not args.cgroup and args.address_space:
         resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
+    if args.copy_into:
+        at = next((i + 2 for i in range(len(command) - 1)
+                   if command[i:i + 2] == ["--tmpfs", args.copy_into]), None)
+        if at is None:
+            parser.error(f"--copy-into {args.copy_into}: the bwrap command has no "
+                         f"`--tmpfs {args.copy_into}`")
+        command[at:at] = _copy_in(Path(args.copy_into), args.copy_limit)
     os.execvp(command[0], command)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["launch"]:
-        sys.exit("usage: python -m course.sandbox launch [--cgroup DIR | --address-space BYTES] -- CMD...")
+        sys.exit("usage: python -m course.sandbox launch [--cgroup DIR]... "
+                 "[--address-space BYTES] [--copy-into DIR] -- bwrap ...")
     _launch(sys.argv[2:])

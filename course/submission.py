@@ -10,10 +10,12 @@ In a fresh temporary folder the worker lays out a course that holds just that
 assignment's ``source/``, that student's submission and that gradebook, writes an
 ``nbgrader_config.py`` whose ``Execute`` is :class:`course.grading_plugins.BoundedExecute`
 with the sandboxed kernelspec (:mod:`course.sandbox`), and runs nbgrader's own
-``autograde``. Whatever goes wrong (a missing, corrupt or misnamed notebook, a notebook
-that nbgrader rejects, a kernel killed by the memory cap, a time-out) ends as scores of 0
-for the cells that did not pass and a reason, never as an exception or a submission left
-"needs autograding".
+``autograde``. Honest work is graded even when its file is not quite what nbgrader expects:
+a notebook saved as nbformat 3 is converted, and grading metadata that the student edited
+is restored from the assignment (the reason says so). Whatever else goes wrong (a missing,
+corrupt or misnamed notebook, a notebook that nbgrader rejects, a kernel killed by the
+memory cap, a time-out) ends as scores of 0 for the cells that did not pass and a one-line
+reason, never as an exception or a submission left "needs autograding".
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from typing import Optional
 
 import nbformat
 
-from course.sandbox import KERNEL_NAME, MemoryCap, Sandbox, check_sandbox, gib, python_folders, \
-    write_kernelspec
+from course.sandbox import KERNEL_NAME, KernelFolder, MemoryCap, ProcessCap, Sandbox, \
+    check_sandbox, gib, package_folder, python_folders, write_kernelspec
 
 __all__ = ["Limits", "Job", "Result", "grade_submission", "run_nbgrader", "GRADING_NOTE"]
 
@@ -43,6 +45,9 @@ __all__ = ["Limits", "Job", "Result", "grade_submission", "run_nbgrader", "GRADI
 GRADING_NOTE = "**Grading note:**"
 #: what one submission may hold, in bytes: more is not copied (and the reason says so)
 MAX_SUBMISSION_BYTES = 64 * 2 ** 20
+#: the fields of a cell's nbgrader metadata that grading reads (nbgrader's checksum,
+#: CheckCellMetadata and OverwriteCells): a student's edit of them is undone
+GRADING_FIELDS = ("grade", "solution", "locked", "task", "points", "grade_id", "schema_version")
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,16 @@ class Limits:
     """The bounds of one submission.
 
     Attributes:
-        memory: bytes of memory for all its kernels together.
+        memory: bytes of memory for all its kernels together (their tmpfs pages included).
         cell_timeout: seconds one cell may run before it is interrupted.
         notebook_timeout: seconds one notebook may run.
         submission_timeout: seconds the whole submission may take; past it nbgrader is
             killed (a backstop: the other limits stop a notebook earlier).
         output_bytes: what one cell may print.
         sandbox: run kernels in bubblewrap (False only on the instructor's explicit word).
+        disk: bytes of each of a kernel's private tmpfs (its working directory, /tmp, /dev/shm).
+        processes: processes and threads of all its kernels together (a cap only where the
+            grader has root rights: see :mod:`course.sandbox`).
     """
 
     memory: int = 4 * 2 ** 30
@@ -65,6 +73,8 @@ class Limits:
     submission_timeout: int = 1800
     output_bytes: int = 100_000
     sandbox: bool = True
+    disk: int = 2 ** 30
+    processes: int = 256
 
 
 @dataclass
@@ -79,6 +89,7 @@ class Job:
     gradebook: bytes           # a gradebook that knows this assignment and nothing else
     limits: Limits = field(default_factory=Limits)
     skipped: list = field(default_factory=list)  # files left out of submission_files, and why
+    package: dict = field(default_factory=dict)  # the student build of dpm_core: path -> text
 
 
 @dataclass
@@ -97,6 +108,8 @@ class Result:
             with: every autograded cell scores 0 until a person looks) or "error" (the grader
             itself failed: not the student's fault).
         tampered: whether the grading guard or its scan found tampering (the reasons say what).
+        notes: the reasons that cost nothing, per notebook (grading metadata restored): they
+            are in ``reasons`` too, for the summary and the grading note.
         seconds, peak_memory: the wall time and the peak memory (bytes, 0 if unknown).
     """
 
@@ -112,6 +125,7 @@ class Result:
     peak_memory: int = 0
     timestamp: Optional[str] = None
     log: str = ""
+    notes: dict = field(default_factory=dict)
 
     def reason_text(self) -> str:
         """All reasons in one line, notebook by notebook."""
@@ -123,25 +137,29 @@ def grade_submission(job: Job) -> Result:
     start = time.perf_counter()
     result = Result(job.assignment, job.student)
     scratch = Path(tempfile.mkdtemp(prefix=f"dpm-grade-{_safe(job.student)}-"))
-    cap = None
+    cap = procs = None
     try:
         course = _lay_out(scratch, job)
         runnable = _check_notebooks(course, job, result)
         if job.limits.sandbox:
             check_sandbox()
-            cap = MemoryCap.create(job.limits.memory)
+            name = uuid.uuid4().hex  # one group for both controllers in cgroup v2
+            cap = MemoryCap.create(job.limits.memory, name)
+            procs = ProcessCap.create(job.limits.processes, name)
         if runnable:
-            _run_autograde(scratch, course, job, cap, result)
+            _run_autograde(scratch, course, job, cap, procs, result)
         _collect(scratch, course, job, result)
     except Exception as err:  # the grader's own failure: every cell 0, and the instructor told
         result.status = "error"
-        result.reasons["(grader)"] = f"grading failed: {type(err).__name__}: {err}"
+        result.reasons["(grader)"] = _one_line(f"grading failed: {_error_text(err)}")
         for nb in job.notebooks:
             result.notebooks.setdefault(nb, b"")
     finally:
         if cap is not None:
             result.peak_memory = cap.peak()
             cap.remove()
+        if procs is not None:
+            procs.remove()
         shutil.rmtree(scratch, ignore_errors=True)
     result.seconds = time.perf_counter() - start
     return result
@@ -149,6 +167,19 @@ def grade_submission(job: Job) -> Result:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40]
+
+
+def _one_line(text: str, limit: Optional[int] = 300) -> str:
+    """``text`` on one line (a reason is shown in a summary line and a markdown cell), cut
+    at ``limit`` characters (None: not cut)."""
+    text = " ".join(str(text).split())
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _error_text(err: BaseException) -> str:
+    """``"ValueError: the first line of its message"``."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def _lay_out(scratch: Path, job: Job) -> Path:
@@ -165,13 +196,21 @@ def _lay_out(scratch: Path, job: Job) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
     (course / "gradebook.db").write_bytes(job.gradebook)
-    for name in ("runtime", "jupyter", "jupyter-config", "reports"):
+    # runtime: the connection files (read-only for the kernel); sockets: the kernel's ipc
+    # sockets (the only folder it shares writable); tmp: nbgrader's TMPDIR (the kernel's
+    # sandbox does not show it)
+    for name in ("runtime", "sockets", "tmp", "jupyter", "jupyter-config", "reports"):
         (scratch / name).mkdir()
     return course
 
 
 def _check_notebooks(course: Path, job: Job, result: Result) -> list:
-    """The expected notebooks that nbgrader can read; a reason for each that it cannot."""
+    """The expected notebooks that nbgrader can grade; a reason for each that it cannot.
+
+    A notebook saved as nbformat 3 is converted to 4 (that loses no point, so no reason);
+    grading metadata that the student edited is restored from the assignment's source
+    notebook (:func:`_repair`), and the reason says which cells. The notebook is graded.
+    """
     folder = course / "submitted" / job.student / job.assignment
     present = sorted(p.name for p in folder.rglob("*.ipynb"))
     runnable = []
@@ -185,32 +224,59 @@ def _check_notebooks(course: Path, job: Job, result: Result) -> list:
             continue
         try:
             notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-            if notebook.get("nbformat") != 4:
-                raise ValueError(f"nbformat {notebook.get('nbformat')} (expected 4)")
+            version = notebook.get("nbformat")
+            if version not in (3, 4):
+                raise ValueError(f"nbformat {version} (expected 4)")
+            if version == 3:
+                notebook = nbformat.convert(notebook, 4)
             nbformat.validate(notebook)
-            if _repair(notebook):
-                nbformat.write(notebook, path)
         except Exception as err:
-            result.reasons[nb] = (f"{nb}.ipynb could not be read as a Jupyter notebook "
-                                  f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+            result.reasons[nb] = _one_line(f"{nb}.ipynb could not be read as a Jupyter "
+                                           f"notebook ({_error_text(err)})")
             path.unlink()
             continue
+        expected = _grading_metadata(course / "source" / job.assignment / f"{nb}.ipynb")
+        changed, notes = _repair(notebook, expected)
+        if changed or version == 3:
+            nbformat.write(notebook, path)
+        if notes:
+            result.reasons[nb] = result.notes[nb] = "; ".join(notes)
         runnable.append(nb)
     for skipped in job.skipped:
         result.reasons.setdefault("(files)", skipped)
     return runnable
 
 
-def _repair(notebook) -> bool:
-    """Make a copy-pasted graded cell harmless: keep the first cell of each grade id (the
-    copies run as plain cells) and make Jupyter cell ids unique; True if anything changed.
+def _grading_metadata(source: Path) -> Optional[dict]:
+    """``{grade_id: nbgrader metadata}`` of the cells of the assignment's source notebook
+    (None when it cannot be read: then nothing is restored)."""
+    try:
+        notebook = nbformat.read(source, as_version=4)
+    except Exception:  # the grader's own copy: nbgrader will say what is wrong with it
+        return None
+    cells = (c.get("metadata", {}).get("nbgrader") for c in notebook.cells)
+    return {meta["grade_id"]: meta for meta in cells
+            if isinstance(meta, dict) and meta.get("grade_id")}
 
-    nbgrader refuses such a notebook outright ("old version of the nbgrader metadata").
+
+def _repair(notebook, expected: Optional[dict] = None) -> tuple:
+    """Undo what a student did to a notebook's grading machinery; ``(changed, notes)``, the
+    notes being what the reason says.
+
+    * A copy-pasted graded cell (nbgrader refuses such a notebook outright: "old version of
+      the nbgrader metadata"): the first cell of each grade id is kept, the copies run as
+      plain cells; Jupyter cell ids are made unique. Nothing is lost, so no note.
+    * Edited grading metadata (``points``, ``grade``, ``solution``, ``locked``, ``task``
+      changed or removed, a grade id renamed), which makes nbgrader's checksum check or
+      CheckCellMetadata fail: with ``expected`` (``{grade_id: nbgrader metadata}`` of the
+      assignment's source notebook), each cell gets the source's :data:`GRADING_FIELDS`
+      back, and a cell whose grade id the source does not know becomes a plain cell (the
+      graded cell it stood for is added back by nbgrader's ``add_missing_cells``).
     """
     changed, seen_grade_ids, seen_ids = False, set(), set()
     for cell in notebook.cells:
         meta = cell.get("metadata", {}).get("nbgrader")
-        if meta and meta.get("grade_id"):
+        if isinstance(meta, dict) and isinstance(meta.get("grade_id"), str):
             if meta["grade_id"] in seen_grade_ids:
                 del cell["metadata"]["nbgrader"]
                 changed = True
@@ -220,7 +286,52 @@ def _repair(notebook) -> bool:
                 cell["id"] = uuid.uuid4().hex[:8]
                 changed = True
             seen_ids.add(cell["id"])
-    return changed
+    if expected is None:
+        return changed, []
+    restored, unknown = [], []
+    for number, cell in enumerate(notebook.cells, 1):
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if meta is None:
+            continue
+        grade_id = meta.get("grade_id") if isinstance(meta, dict) else None
+        if not isinstance(grade_id, str) or grade_id not in expected:
+            if not isinstance(meta, dict) or any(meta.get(f) for f in ("grade", "solution",
+                                                                       "locked", "task")):
+                unknown.append(grade_id if isinstance(grade_id, str) and grade_id
+                               else f"number {number}")
+            del cell["metadata"]["nbgrader"]  # plain: what it has is nbgrader's to ignore
+            changed = True
+        elif _grading_view(meta) != _grading_view(expected[grade_id]):
+            for name in GRADING_FIELDS:
+                if name in expected[grade_id]:
+                    meta[name] = expected[grade_id][name]
+                else:
+                    meta.pop(name, None)
+            restored.append(grade_id)
+            changed = True
+    notes = []
+    if restored:
+        notes.append(f"the grading metadata of cell{'s' * (len(restored) > 1)} "
+                     f"{', '.join(restored)} had been edited; it was restored from the assignment")
+    if unknown:
+        notes.append(f"cell{'s' * (len(unknown) > 1)} {', '.join(unknown)} had grading "
+                     f"metadata that the assignment does not have; graded as plain "
+                     f"cell{'s' * (len(unknown) > 1)}")
+    return changed, [_one_line(note) for note in notes]
+
+
+def _grading_view(meta: dict) -> tuple:
+    """What grading reads of a cell's nbgrader metadata: an absent flag is False, points are
+    a number and count only for a graded cell."""
+    grade, solution, locked, task = (bool(meta.get(f)) for f in ("grade", "solution", "locked",
+                                                                 "task"))
+    points = meta.get("points")
+    try:
+        points = float(points)
+    except (TypeError, ValueError):
+        pass
+    return (grade, solution, locked, task, points if grade else None, meta.get("grade_id"),
+            meta.get("schema_version"))
 
 
 def _config(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap]) -> str:
@@ -244,12 +355,21 @@ def _config(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap]) -> 
         # the widget state a kernel sends is kept in the grader's memory: not when grading
         "c.BoundedExecute.store_widget_state = False",
         # ZeroMQ over Unix sockets (TCP cannot cross the sandbox's network namespace), in a
-        # folder that both sides see at the same path; the connection file lands there too
+        # folder that both sides see at the same path: the only one the kernel may write
+        # besides its tmpfs. The connection file (else a temporary file in TMPDIR, which the
+        # kernel does not see) is in the runtime folder, read-only to the kernel.
         "c.KernelManager.transport = 'ipc'",
-        f"c.KernelManager.ip = {str(scratch / 'runtime' / 'kernel')!r}",
+        f"c.KernelManager.ip = {str(scratch / 'sockets' / 'kernel')!r}",
+        f"c.KernelManager.connection_file = {str(scratch / 'runtime' / 'kernel.json')!r}",
     ]
     if limits.sandbox:
-        lines.append(f"c.BoundedExecute.kernel_name = {KERNEL_NAME!r}")
+        lines += [
+            f"c.BoundedExecute.kernel_name = {KERNEL_NAME!r}",
+            # the kernel's cwd is its own tmpfs: nbclient and the guard use the sockets folder
+            "from course.sandbox import KernelFolder",
+            f"c.Autograde.autograde_preprocessors = KernelFolder("
+            f"{str(scratch / 'sockets')!r}).around_execute(autograde_preprocessors())",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -291,24 +411,40 @@ def _prepare_data() -> list:
     return sorted({Path(p).resolve().parent for p in files.values()}) + [data_cache_dir()]
 
 
+def _student_package(scratch: Path, job: Job) -> tuple:
+    """The student build of ``dpm_core`` written out, as the overlay of the installed one
+    (none when the job carries no build)."""
+    if not job.package:
+        return ()
+    folder = scratch / "student-package" / "dpm_core"
+    for rel, text in job.package.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    return ((folder, package_folder("dpm_core")),)
+
+
 def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap],
-                   result: Result) -> None:
+                   procs: Optional[ProcessCap], result: Result) -> None:
     """nbgrader autograde in the scratch course, bounded by the submission's time limit."""
     (scratch / "nbgrader_config.py").write_text(_config(scratch, course, job, cap))
     env = dict(os.environ, OMP_NUM_THREADS="1", JUPYTER_PATH=str(scratch / "jupyter"),
                JUPYTER_RUNTIME_DIR=str(scratch / "runtime"),
-               JUPYTER_CONFIG_DIR=str(scratch / "jupyter-config"), TMPDIR=str(scratch / "runtime"),
+               JUPYTER_CONFIG_DIR=str(scratch / "jupyter-config"), TMPDIR=str(scratch / "tmp"),
                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
                TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR="1")
     env.pop("NBGRADER_EXECUTION", None)
     env.pop("JPY_PARENT_PID", None)
     if job.limits.sandbox:
+        # where nbgrader writes the autograded notebook: the kernel sees its own tmpfs here
         workdir = course / "autograded" / job.student / job.assignment
         workdir.mkdir(parents=True)
         sandbox = Sandbox(workdir=workdir, runtime_dir=scratch / "runtime",
+                          sockets_dir=scratch / "sockets",
                           readonly=tuple(python_folders() + _prepare_data()),
-                          memory=job.limits.memory, cgroup=cap.path if cap else None,
-                          env=_kernel_env(job))
+                          overlays=_student_package(scratch, job),
+                          memory=job.limits.memory, disk=job.limits.disk,
+                          cgroup=cap.path if cap else None,
+                          pids_cgroup=procs.path if procs else None, env=_kernel_env(job))
         write_kernelspec(scratch / "jupyter", sandbox.kernel_argv())
     reports = {}
     for nb in job.notebooks:
@@ -320,36 +456,61 @@ def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCa
         nb_path = course / "submitted" / job.student / job.assignment / f"{nb}.ipynb"
         if not nb_path.exists():
             continue
+        why = ""  # the first reason of this run wins, as the one that cost the points
         left = deadline - time.monotonic()
         if left <= 0:
-            result.reasons.setdefault(nb, f"not run: the submission used up its "
-                                          f"{job.limits.submission_timeout} s")
-            continue
-        argv = ["autograde", job.assignment, "--student", job.student, "--notebook", nb,
-                "--force", "--log-level=WARN", f"--BoundedExecute.report_file={reports[nb]}"]
-        returncode, output = run_nbgrader(argv, scratch, env, left)
-        if returncode is None:
-            result.reasons.setdefault(nb, f"stopped: the submission ran longer than its "
-                                          f"{job.limits.submission_timeout} s")
-        log.append(output)
-        if reports[nb].exists():
-            report = json.loads(reports[nb].read_text())
+            why = f"not run: the submission used up its {job.limits.submission_timeout} s"
+        else:
+            argv = ["autograde", job.assignment, "--student", job.student, "--notebook", nb,
+                    "--force", "--log-level=WARN", f"--BoundedExecute.report_file={reports[nb]}"]
+            returncode, output = run_nbgrader(argv, scratch, env, left)
+            log.append(output)
+            if returncode is None:
+                why = (f"stopped: the submission ran longer than its "
+                       f"{job.limits.submission_timeout} s")
+            report = json.loads(reports[nb].read_text()) if reports[nb].exists() else {}
             if report.get("grader_error"):
                 result.status = "error"
-                result.reasons.setdefault(nb, f"grading failed, not the student's doing: "
-                                              f"{report['grader_error']}")
+                why = why or f"grading failed, not the student's doing: {report['grader_error']}"
             elif report.get("tampered"):
                 result.tampered = True
-                result.reasons[nb] = ("needs review, 0 autograded points: the grading machinery "
-                                      "was tampered with (" + "; ".join(report["tampered"]) + ")")
+                why = ("needs review, 0 autograded points: the grading machinery was tampered "
+                       "with (" + "; ".join(report["tampered"]) + ")")
             elif report.get("stopped"):
-                result.reasons.setdefault(nb, report["stopped"])
-        if returncode not in (0, None) and nb not in result.reasons:
-            errors = [line.split("ERROR]", 1)[1].strip() for line in output.splitlines()
-                      if "ERROR]" in line and "Please see" not in line and "There was an error" not in line]
-            result.reasons[nb] = ("nbgrader could not grade this notebook: "
-                                  + (errors[0][:300] if errors else f"exit {returncode}"))
+                why = why or report["stopped"]
+            if returncode not in (0, None) and not why:
+                why = ("nbgrader could not grade this notebook: "
+                       + _nbgrader_error(output, returncode))
+        if why:  # before what _check_notebooks said (edited metadata), which cost nothing
+            why = _one_line(why, limit=None)
+            result.reasons[nb] = f"{why}; {result.reasons[nb]}" if nb in result.reasons else why
     result.log = "\n".join(log)[-20_000:]
+
+
+def _nbgrader_error(output: str, returncode: int) -> str:
+    """Why nbgrader failed, in one line: the exception that ends the last traceback it
+    logged (nbgrader indents the traceback; the exception is its least indented line that
+    is not a ``File`` line), else its first error message, else its exit code."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines)
+              if line.rstrip().endswith("Traceback (most recent call last):")]
+    if starts:
+        block = []
+        for line in lines[starts[-1] + 1:]:
+            if line.startswith("["):  # the next log record
+                break
+            if line.strip():
+                block.append(line)
+        indent = min((len(line) - len(line.lstrip()) for line in block), default=0)
+        ends = [line.strip() for line in block if len(line) - len(line.lstrip()) == indent
+                and not line.strip().startswith("File ")]
+        if ends:
+            return _one_line(ends[-1])
+    errors = [line.split("ERROR]", 1)[1].strip() for line in lines
+              if "ERROR]" in line and "Please see" not in line
+              and "There was an error" not in line and "Traceback" not in line]
+    errors = [e for e in errors if e]
+    return _one_line(errors[0]) if errors else f"exit {returncode}"
 
 
 #: what the fork server imports once: nbgrader alone takes 1 to 2.5 s to import, which every
@@ -456,8 +617,9 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
         result.notebooks[nb] = nbformat.writes(notebook).encode()
     if result.status != "error" and result.tampered:
         result.status = "needs review"
-    elif result.status != "error" and result.reasons:
-        result.status = "failed" if ungraded else "stopped"
+    elif result.status != "error" and any(why != result.notes.get(nb)
+                                          for nb, why in result.reasons.items()):
+        result.status = "failed" if ungraded else "stopped"  # a repair alone costs nothing
 
 
 def _stand_in(course: Path, job: Job, nb: str):

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import nbformat
 
+from course.judges import JUDGED, judges
+
 __all__ = ["BEGIN", "END", "hidden_code", "out_of_sync", "sync"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +113,15 @@ def _import_lines(imports: list[tuple]) -> list[str]:
 
 
 def hidden_code(assignment: str, grade_id: str) -> str:
-    """The generated hidden region (without its BEGIN and END lines) of one graded cell."""
+    """The generated hidden region (without its BEGIN and END lines) of one graded cell.
+
+    A judged assignment's region is one call: grading runs the judge outside the kernel and
+    never this code; an author's run of the source notebook judges its own namespace.
+    """
+    if assignment in JUDGED:
+        judges(assignment)[grade_id]  # a KeyError names a cell without a judge
+        return (f"# judged outside the kernel by course/judges/{assignment}.py\n"
+                f"from course.judges import grade\ngrade({grade_id!r})")
     from course.own_work import exercise_answers  # imports nbformat; only the sync needs it
 
     module = importlib.import_module(f"course.checks.{assignment}")
@@ -205,7 +215,8 @@ def _assignments(repo_root: Path, names: list[str] | None) -> list[str]:
     for name in names or []:
         if name not in course:
             raise ValueError(f"assignment must be one of {course}, got {name!r}")
-    return [a for a in (names or course) if (REPO / "course" / "checks" / f"{a}.py").exists()
+    return [a for a in (names or course)
+            if ((REPO / "course" / "checks" / f"{a}.py").exists() or a in JUDGED)
             and (repo_root / "source" / a / f"{a}.ipynb").exists()]
 
 
@@ -234,9 +245,10 @@ def sync(repo_root: Path = REPO, assignments: list[str] | None = None,
         nb = nbformat.read(path, as_version=4)
         cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells
                  if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
-        module = importlib.import_module(f"course.checks.{assignment}")
+        graded = judges(assignment) if assignment in JUDGED else \
+            importlib.import_module(f"course.checks.{assignment}").CHECKS
         changed, own = False, _notebook_bindings(nb)
-        for grade_id in module.CHECKS:
+        for grade_id in graded:
             if grade_id not in cells or BEGIN not in cells[grade_id].source:
                 raise ValueError(f"{path.name} has no graded cell {grade_id!r} with hidden tests")
             cell = cells[grade_id]

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from course.judges import JUDGED, LocalProbe, judges, run_judge  # noqa: E402
+
 BEGIN = "### BEGIN HIDDEN TESTS"
 #: the grade id of a graded cell's self-check cell is the graded cell's, with this suffix
 SELF_CHECKS = "-self-checks"
@@ -41,13 +43,30 @@ CONTEXT_CELLS = {
 }
 #: given cells that only the self-check cells need (the checks do not)
 SELF_CHECK_CONTEXT_CELLS = {"importance_sampling": ["data"]}
-#: the assignments whose hidden tests are checks modules
-ASSIGNMENTS = [a for a in CONTEXT_CELLS if (REPO / "course" / "checks" / f"{a}.py").exists()]
+#: the assignments whose hidden tests are code: judges (course/judges) or checks modules
+ASSIGNMENTS = [a for a in CONTEXT_CELLS
+               if a in JUDGED or (REPO / "course" / "checks" / f"{a}.py").exists()]
 
 
 def checks(assignment: str) -> dict:
-    """The ``CHECKS`` registry of ``course/checks/<assignment>.py``."""
+    """``{grade id: check(ns)}``: the ``CHECKS`` registry of ``course/checks/<assignment>.py``,
+    or for a judged assignment its judges, each run through the probe on ``ns`` in this
+    process (:class:`course.judges.LocalProbe`, the same wire format as grading) with a seed
+    drawn from torch's global generator."""
+    if assignment in JUDGED:
+        return {grade_id: _local(judge) for grade_id, judge in judges(assignment).items()}
     return importlib.import_module(f"course.checks.{assignment}").CHECKS
+
+
+@functools.lru_cache(maxsize=None)
+def _local(judge):
+    @functools.wraps(judge)
+    def check(ns: dict) -> None:
+        import torch
+
+        run_judge(judge, LocalProbe(ns), int(torch.randint(2 ** 62, (1,))))
+
+    return check
 
 
 def notebook_cells(assignment: str) -> dict:
@@ -133,9 +152,16 @@ def self_check_names_read(assignment: str, grade_id: str) -> set:
 
 
 def _names_read(assignment: str, grade_id: str) -> set:
-    """The names a check reads from the notebook's namespace (``ns["name"]``)."""
-    source = inspect.getsource(checks(assignment)[grade_id])
-    return set(re.findall(r'ns\["(\w+)"\]', source))
+    """The names a check reads from the notebook's namespace (``ns["name"]``; a judge's
+    ``call("name", ...)``, and for a judge that runs probe functions, every name that the
+    assignment's probe module reads: more than it needs, which only runs more checks)."""
+    source = inspect.getsource(inspect.unwrap(checks(assignment)[grade_id]))
+    names = set(re.findall(r'ns\["(\w+)"\]', source)) | set(re.findall(r'call\("(\w+)"', source))
+    if "probe_op(" in source:  # what the assignment's probe functions read, all of them
+        probes = inspect.getsource(importlib.import_module(f"dpm_probe.probes.{assignment}"))
+        names |= set(re.findall(r'ns\[\s*"(\w+)"\s*\]', probes))
+        names |= set(re.findall(r'ns\.get\(\s*"(\w+)"', probes))
+    return names
 
 
 @functools.lru_cache(maxsize=512)

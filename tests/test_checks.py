@@ -97,7 +97,7 @@ def test_a_hand_edited_hidden_region_is_found_and_repaired(course_copy):
     sync restore it while leaving the rest of the notebook byte for byte?"""
     path = course_copy / "source" / "vae_basics" / "vae_basics.ipynb"
     text = path.read_text()
-    edited = text.replace("check_kl_formula(globals())", "check_kl_formula(globals())\\nprint(1)", 1)
+    edited = text.replace("grade('kl-formula-tests')", "grade('kl-formula-tests')\\nprint(1)", 1)
     assert edited != text
     path.write_text(edited)
     assert sync_checks.out_of_sync(course_copy) == ["vae_basics:kl-formula-tests"]
@@ -124,7 +124,7 @@ def test_the_pipeline_refuses_a_release_from_notebooks_out_of_sync(course_copy):
     import pipeline
 
     path = course_copy / "source" / "vae_basics" / "vae_basics.ipynb"
-    path.write_text(path.read_text().replace("check_kl_reduction(globals())", "pass", 1))
+    path.write_text(path.read_text().replace("grade('kl-reduction-tests')", "pass", 1))
     with pytest.raises(RuntimeError, match=r"vae_basics:kl-reduction-tests.*python -m course.sync_checks"):
         pipeline.generate_release(course_copy, pipeline.load_assignments())
     assert not (course_copy / "release").exists()

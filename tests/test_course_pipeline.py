@@ -198,7 +198,10 @@ def test_a_real_mistake_gets_partial_credit(assignment, course_dir):
 def test_a_correct_solution_that_warns_keeps_full_marks(course_dir):
     """Does a correct answer whose code emits a UserWarning at every call (as a deprecated but
     valid library call would) keep every autograded point? nbgrader on its own scores any
-    test cell with stderr output 0; the course's WarningsAreNotFailures preprocessor stops that."""
+    test cell with stderr output 0. In a judged assignment the judge writes the test cell's
+    outputs (what the kernel prints while it is probed is dropped); where the hidden tests
+    still run in the kernel, the course's WarningsAreNotFailures preprocessor turns the
+    warning into stdout (the next test)."""
     assignment = next(a for a in ASSIGNMENTS if a["name"] == "vae_basics")
     student = "warning-student"
     target = course_dir / "course" / "submitted" / student / assignment["name"]
@@ -216,15 +219,28 @@ def test_a_correct_solution_that_warns_keeps_full_marks(course_dir):
         nbformat.write(nb, target / path.name)
     _grade(course_dir, [assignment], [student])
     autograded = course_dir / "course" / "autograded" / student / assignment["name"]
-    warned = [cell.metadata["nbgrader"]["grade_id"]
-              for path in _notebooks(autograded.parent, assignment)
-              for cell in nbformat.read(path, 4).cells
-              if cell.metadata.get("nbgrader", {}).get("grade")
-              and "a harmless warning" in json.dumps(cell.get("outputs", []))]
-    assert warned, "no graded cell shows the warning: the test would not catch the penalty"
+    shown = "\n".join(json.dumps(cell.get("outputs", []))
+                      for path in _notebooks(autograded.parent, assignment)
+                      for cell in nbformat.read(path, 4).cells)
+    assert "a harmless warning" in shown, "the warning never ran: the test would catch nothing"
     grades = _grades(course_dir, assignment, student)
     lost = {cell: score for cell, (score, best) in grades.items() if score != best}
-    assert not lost, f"a warning cost points in {lost} (cells showing it: {warned})"
+    assert not lost, f"a warning cost points in {lost}"
+
+
+def test_stderr_of_an_autograded_test_cell_becomes_stdout():
+    """Does WarningsAreNotFailures turn the stderr text of an autograded test cell into stdout
+    (so that nbgrader does not score it 0), and leave other cells' stderr alone?"""
+    from course.grading_plugins import WarningsAreNotFailures
+
+    warning = nbformat.v4.new_output("stream", name="stderr", text="UserWarning: harmless\n")
+    test = nbformat.v4.new_code_cell("pass", outputs=[warning], metadata={"nbgrader": {
+        "grade": True, "solution": False, "locked": True, "grade_id": "t", "points": 1}})
+    other = nbformat.v4.new_code_cell("pass", outputs=[dict(warning)])
+    nb = nbformat.v4.new_notebook(cells=[test, other])
+    nb, _ = WarningsAreNotFailures().preprocess(nb, {})
+    assert nb.cells[0].outputs[0]["name"] == "stdout"
+    assert nb.cells[1].outputs[0]["name"] == "stderr"
 
 
 def test_a_broken_nbgrader_config_stops_the_pipeline(tmp_path, monkeypatch):

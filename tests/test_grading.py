@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -42,7 +43,7 @@ from course.submission import GRADING_NOTE, Limits  # noqa: E402
 
 ASSIGNMENT = next(a for a in pipeline.load_assignments() if a["name"] == "vae_basics")
 LIMITS = Limits(memory=int(1.5 * 2 ** 30), cell_timeout=20, notebook_timeout=150,
-                submission_timeout=400)
+                submission_timeout=400, disk=256 * 2 ** 20, processes=64)
 MARKER = "dpm-lingering-process-7c1e"
 
 
@@ -152,8 +153,10 @@ _TO_PASS = "def _neuter(lines):\n    return ['pass\\n']\n"
 
 def _cheats() -> dict:
     """{student: (files, expected autograded points, status, words of the reason)} of the
-    hostile class's in-kernel cheats: each gets 0 points it did not earn, and each trick that
-    reaches into the kernel is named in the reason (status "needs review")."""
+    hostile class's in-kernel cheats. The verdicts are reached outside the kernel, so nothing
+    done in it can earn a point: each gets exactly the points of the work really done on the
+    judge's fresh inputs (0 for the release-based ones, 8 for a wrong KL formula), whatever
+    it rewrote in the kernel, the probe included."""
     def added(code, nb=None):
         return {"vae_basics.ipynb": _insert_after(nb or _release_nb(), "setup", code)}
 
@@ -194,7 +197,31 @@ def _cheats() -> dict:
         "reparametrise-solution", "import dpm_core\ndef reparametrise(mu, logvar):\n"
                                   "    return dpm_core.reparametrise(mu, logvar)\n"),
         "loss-solution", "from dpm_core import vae as _v\nloss_func = _v.loss_func\n")
-    review = "needs review"
+    # the reference reached through library code (loss_func computes the KL inside) and through
+    # an instance of a given class (VAE.reparametrise draws with the reference)
+    indirect = _with_solution(_with_solution(
+        _answered_release(""), "kl-solution",
+        "import dpm_core.vae as _lib\ndef KL(mu, logvar):\n"
+        "    ones = torch.full((mu.shape[0], 1), 0.5)\n"
+        "    nll = torch.nn.functional.binary_cross_entropy(ones, ones, reduction='none').sum(-1)\n"
+        "    return torch.stack([_lib.loss_func(ones[i:i + 1], ones[i:i + 1], mu[i:i + 1], "
+        "logvar[i:i + 1]) - nll[i] for i in range(mu.shape[0])])\n"),
+        "reparametrise-solution",
+        "_inner = VAE(z_dim=2)\ndef reparametrise(mu, logvar):\n"
+        "    return _inner.reparametrise(mu, logvar)\n")
+    # a wrong KL that rebinds the grader's old helpers while it is being graded: a global
+    # statement, a timer and a thread that only calls library functions
+    rebinding = _with_solution(
+        _answered_release(""), "kl-solution",
+        "import threading\n" + _WRONG_KL.replace(
+            "def KL(mu, logvar):\n",
+            "def KL(mu, logvar):\n"
+            "    global expect, expect_close, KL_ref, run_judge\n"
+            "    expect = expect_close = run_judge = lambda *a, **k: None\n"
+            "    KL_ref = lambda *a: -0.5 * (a[1].exp() + a[0].pow(2) - 1.0 - a[1]).sum(-1)\n"
+            "    threading.Timer(0.01, lambda: globals().update(expect=None)).start()\n"
+            "    threading.Thread(target=setattr, args=(torch, 'allclose', "
+            "lambda *a, **k: True)).start()\n"))
     return {
         "forged-outputs": ({"vae_basics.ipynb": forged}, 0, "graded", ()),
         "deleted-test-cells": ({"vae_basics.ipynb": deleted}, 8, "graded", ()),
@@ -203,73 +230,152 @@ def _cheats() -> dict:
         "wrong-answers-self-checks-numpy-nan": ({"vae_basics.ipynb": wrong_1}, 0, "graded", ()),
         "wrong-answers-inf-meta-float64": ({"vae_basics.ipynb": wrong_2}, 0, "graded", ()),
         "reference-imported": ({"vae_basics.ipynb": reference}, 0, "graded", ()),
+        "reference-through-library-and-instance": ({"vae_basics.ipynb": indirect}, 3, "graded",
+                                                   ()),
+        "helpers-rebound-while-graded": ({"vae_basics.ipynb": rebinding}, 8, "graded", ()),
         "input-transformer": (added(
-            _TO_PASS + "get_ipython().input_transformers_cleanup.append(_neuter)\n"),
-            0, review, ("input_transformers_cleanup",)),
-        "input-transformer-hidden": (added(
-            _SHELL + _TO_PASS + "getattr(_sh, 'input_transformers_' + 'cleanup').append(_neuter)\n"),
-            0, review, ("input transformers were changed",)),
-        "ast-transformer-hidden": (added(_SHELL + """import ast
+            _TO_PASS + "get_ipython().input_transformers_cleanup.append(_neuter)\n"), 0, "graded",
+            ()),
+        "ast-transformer": (added(_SHELL + """import ast
 class _Neuter(ast.NodeTransformer):
     def visit_Module(self, node):
         node.body = [ast.Pass()]
         return node
 getattr(_sh, 'ast_' + 'transformers').append(_Neuter())
-"""), 0, review, ("AST transformers were changed",)),
-        "pre-run-hook-hidden": (added(_SHELL + """def _hook(info):
-    _g = torch.sys.modules['dpm_core.grading']
-    _g.expect = _g.expect_close = _g.expect_shape = lambda *a, **k: None
-_sh.events.register('pre_run_cell', _hook)
-"""), 0, review, ("pre_run_cell callbacks were changed",)),
-        "custom-exception-handler-hidden": (added(
+"""), 0, "graded", ()),
+        "custom-exception-handler": (added(
             _SHELL + "getattr(_sh, 'set_custom_' + 'exc')((Exception,), lambda *a, **k: None)\n"),
-            0, review, ("IPython's exceptions were replaced",)),
-        "grading-helpers-replaced-hidden": (added(
-            "_g = torch.sys.modules['dpm_core.grading']\n"
-            "_g.expect = _g.expect_close = _g.expect_shape = lambda *a, **k: None\n"),
-            0, review, ("expect was replaced",)),
-        "allclose-replaced-hidden": (added(
-            "_t = torch\n_t.allclose = lambda *a, **k: True\n"), 0, review,
-            ("allclose was replaced",)),
-        "builtins-replaced-hidden": (added(
-            "_b = torch.sys.modules['builtins']\n_b.round = lambda *a, **k: 0\n"), 0, review,
-            ("builtins.round was replaced",)),
-        "torch-function-mode-hidden": (added("""_o = getattr(torch, 'overr' + 'ides')
+            0, "graded", ()),
+        "allclose-and-builtins-replaced": (added(
+            "_t = torch\n_t.allclose = lambda *a, **k: True\n"
+            "_b = torch.sys.modules['builtins']\n_b.round = lambda *a, **k: 0\n"), 0, "graded",
+            ()),
+        "torch-function-mode": (added("""_o = getattr(torch, 'overr' + 'ides')
 _M = type('_M', (_o.TorchFunctionMode,), {'__torch_' + 'function__':
           lambda self, f, types, args=(), kwargs=None: f(*args, **(kwargs or {}))})
 _M().__enter__()
-"""), 0, review, ("function or dispatch mode",)),
-        "forged-guard-hidden": (added("""class _Fake:
-    def token(self, *args):
-        return '{"status": "pass", "reasons": [], "mac": "' + '0' * 64 + '"}'
-    final = token
-torch.sys.modules['__main__'].__setattr__('__dp' + 'm_grading_guard__', _Fake())
-"""), 0, review, ("forged",)),
+"""), 0, "graded", ()),
         "tensor-subclass": (added("""class _Liar(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         return True
-"""), 0, review, ("defines __torch_function__",)),
+def KL(mu, logvar):
+    return torch.zeros(mu.shape[:-1]).as_subclass(_Liar)
+"""), 0, "graded", ()),
+        # a stand-in for everything the grader looks up in the kernel: the probe's module and
+        # functions, `globals` and `__import__`, and a forged reply under the request's nonce
+        "probe-replaced": (added("""import sys, types, base64, json
+import dpm_probe.runtime as _real
+from IPython.display import publish_display_data
+def _forge(request, nonce, ns):
+    # echo the request back as the reply, under its nonce: plain data the judge must refuse
+    publish_display_data({_real.MIME: {"nonce": nonce, "reply": request}})
+_fake = types.ModuleType("dpm_probe.runtime")
+_fake.serve, _fake.MIME = _forge, _real.MIME
+sys.modules["dpm_probe.runtime"] = _fake
+_real.serve = _real.execute = _forge
+"""), 0, "graded", ()),
+        "probe-deleted": (added("""import sys, builtins
+for _k in [k for k in sys.modules if k.startswith('dpm_probe')]:
+    del sys.modules[_k]
+sys.path.insert(0, '.')
+import os
+os.makedirs('dpm_probe', exist_ok=True)
+open('dpm_probe/__init__.py', 'w').write('raise SystemExit')
+_imp = builtins.__import__
+builtins.__import__ = lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) \
+    if name.startswith('dpm_probe') else _imp(name, *a, **k)
+"""), 0, "graded", ()),
         "package-on-sys-path": ({**added(
             "import sys\nsys.path.insert(0, '.')\n"
             "for _k in [k for k in sys.modules if k.startswith('dpm_core')]:\n"
             "    del sys.modules[_k]\n"),
             "dpm_core/__init__.py": b"", "dpm_core/grading.py":
             b"def expect(*a, **k):\n    pass\nexpect_close = expect_shape = expect\n"},
-            0, review, ("sys.path", "import sys")),
-        "sys-modules-hidden": (added(
-            "_sm = torch.sys.modules\n_sm['dpm_core.grading'] = _sm['math']\n"), 0, review,
-            ("sys.modules['dpm_core.grading'] was replaced",)),
-        "exec-hidden": (added(
-            "getattr(torch.sys.modules['builtins'], 'ex' + 'ec')('_x = 1')\n"), 0, review,
-            ("exec from the student's code",)),
-        "frame-walk-hidden": (added(
-            "_frame = getattr(torch.sys, '_get' + 'frame')(0)\n"), 0, review,
-            ("sys._getframe from the student's code",)),
-        "gc-walk-hidden": (added(
-            "_objects = getattr(torch.sys.modules['gc'], 'get_' + 'objects')()\n"), 0, review,
-            ("gc.get_objects from the student's code",)),
+            0, "graded", ()),
+        "frame-and-gc-walk": (added(
+            "_frame = getattr(torch.sys, '_get' + 'frame')(0)\n"
+            "_objects = getattr(torch.sys.modules['gc'], 'get_' + 'objects')()\n"), 0, "graded",
+            ()),
     }
+
+
+def _links_code(root: Path) -> str:
+    """A kernel that plants links in its working folder, towards source/, another student's
+    notebook and the grader's code, hoping that the grader writes through them."""
+    targets = [root / "source" / "vae_basics" / "vae_basics.ipynb",
+               root / "course" / "submitted" / "reference-solution" / "vae_basics"
+               / "vae_basics.ipynb",
+               REPO / "course" / "judges" / "_common.py"]
+    return f"""
+import os
+_targets = {json.dumps([str(t) for t in targets])}
+for _name in os.listdir('.'):
+    try:
+        os.remove(_name)
+    except OSError:
+        pass
+for _i, _t in enumerate(_targets):
+    for _name in (['vae_basics.ipynb'] if _i == 0 else []) + [f'link{{_i}}', f'link{{_i}}.ipynb']:
+        try:
+            os.symlink(_t, _name)
+        except OSError:
+            pass
+os.makedirs('sub', exist_ok=True)
+"""
+
+
+#: fills the disk from the kernel until the tmpfs is full (it stops by itself at 4 GiB)
+_DISK_FILL = """
+import os
+_block = b'x' * 2 ** 20
+for _where in ('.', '/tmp', '/dev/shm'):
+    try:
+        with open(os.path.join(_where, 'fill'), 'wb') as _f:
+            for _ in range(4096):
+                _f.write(_block)
+    except OSError as _err:
+        print(_where, 'full:', _err.strerror)
+    try:
+        os.remove(os.path.join(_where, 'fill'))
+    except OSError:
+        pass
+"""
+
+#: forks until it cannot, every child holding memory (it stops by itself after 5 s)
+_FORK_STORM = """
+import os, time
+_children, _deadline = [], time.time() + 5
+while time.time() < _deadline and len(_children) < 4096:
+    try:
+        _pid = os.fork()
+    except OSError:
+        break
+    if _pid == 0:
+        _hold = bytearray(32 * 2 ** 20)
+        time.sleep(5)
+        os._exit(0)
+    _children.append(_pid)
+print('forked', len(_children))
+for _pid in _children:
+    try:
+        os.waitpid(_pid, 0)
+    except OSError:
+        pass
+"""
+
+
+def _edited_metadata():
+    """The reference solution with its grading metadata edited: a test cell worth 20 points,
+    another no longer graded, a solution cell unlocked into a test cell."""
+    nb = _source_nb()
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade_id") == "kl-formula-tests":
+            meta["points"] = 20
+        elif meta.get("grade_id") == "loss-batch-tests":
+            meta["grade"] = False
+    return nb
 
 
 def _submissions(root: Path, port: int) -> dict:
@@ -285,8 +391,7 @@ def _submissions(root: Path, port: int) -> dict:
     duplicated.cells.insert(duplicated.cells.index(test_cell) + 1, nbformat.from_dict(
         json.loads(json.dumps(test_cell))))  # copy-pasted, same grade id
     text = nbformat.writes(_source_nb())
-    nbformat3 = json.loads(text)
-    nbformat3["nbformat"] = 3
+    nbformat3 = nbformat.writes(nbformat.convert(_source_nb(), 3), version=3)  # the old format
     return {
         "reference-solution": {"vae_basics.ipynb": _source_nb()},
         "untouched-release": {"vae_basics.ipynb": nbformat.read(
@@ -327,7 +432,14 @@ while True:
                                                       "import os\nos._exit(3)")},
         "duplicated-cell": {"vae_basics.ipynb": duplicated},
         "truncated-notebook": {"vae_basics.ipynb": text[: len(text) // 2].encode()},
-        "nbformat-3": {"vae_basics.ipynb": json.dumps(nbformat3).encode()},
+        "nbformat-3": {"vae_basics.ipynb": nbformat3.encode()},
+        "edited-metadata": {"vae_basics.ipynb": _edited_metadata()},
+        "links-planted": {"vae_basics.ipynb": _insert_after(_source_nb(), "setup",
+                                                            _links_code(root))},
+        "disk-fill": {"vae_basics.ipynb": _insert_after(_source_nb(), "kl-reduction-tests",
+                                                        _DISK_FILL)},
+        "fork-storm": {"vae_basics.ipynb": _insert_after(_source_nb(), "kl-reduction-tests",
+                                                         _FORK_STORM)},
         "misnamed-notebook": {"my_answers.ipynb": _source_nb()},
         "fake-package": {"vae_basics.ipynb": _source_nb(),
                          "dpm_core/__init__.py": b"raise ImportError('the fake dpm_core was imported')\n"},
@@ -358,7 +470,9 @@ def graded_class(tmp_path_factory):
             (folder / name).write_bytes(data)
     before = {"source": _tree_digest(root / "source"),
               "reference": _tree_digest(root / "course" / "submitted" / "reference-solution"),
-              "package": _tree_digest(REPO / "dpm_core")}
+              "package": _tree_digest(REPO / "dpm_core"),
+              "judges": _tree_digest(REPO / "course" / "judges")}
+    free = shutil.disk_usage(tempfile.gettempdir()).free
     try:
         results = grade_class(root, [ASSIGNMENT], limits=LIMITS, workers=2, progress=False)
         connections = []
@@ -371,7 +485,8 @@ def graded_class(tmp_path_factory):
         listener.close()
     print("\n" + format_summary(results, [ASSIGNMENT]))
     return {"root": root, "results": {r.student: r for r in results}, "before": before,
-            "connections": connections}
+            "connections": connections,
+            "disk_drop": free - shutil.disk_usage(tempfile.gettempdir()).free}
 
 
 def _gradebook_scores(root: Path, student: str) -> dict:
@@ -389,7 +504,7 @@ def test_every_student_is_graded_and_recorded(graded_class):
     """Does the batch complete, with every student in the gradebook and no code cell left
     "needs autograding" (a score of None)?"""
     results = graded_class["results"]
-    assert len(results) == 17 + len(_cheats())
+    assert len(results) == 21 + len(_cheats())
     for student in results:
         grades = _gradebook_scores(graded_class["root"], student)
         assert grades and all(score is not None for score, _ in grades.values()), (student, grades)
@@ -426,9 +541,9 @@ def test_the_vandal_changes_nothing_outside_its_scratch_folder(graded_class):
     assert _tree_digest(root / "course" / "submitted" / "reference-solution") == before["reference"]
     assert _tree_digest(REPO / "dpm_core") == before["package"]
     assert not (root / "course" / "vandal-was-here").exists()
-    result = graded_class["results"]["file-vandal"]  # signals need `signal`: the scan says so
-    assert result.status == "needs review" and "import signal" in result.reason_text()
-    assert scores(result)[0] == 0
+    result = graded_class["results"]["file-vandal"]  # its answers are right, on fresh inputs
+    assert result.status == "graded", result.reason_text()
+    assert scores(result)[0] == scores(result)[1] > 0
 
 
 @needs_sandbox
@@ -447,7 +562,7 @@ def test_the_network_probe_reaches_nothing(graded_class):
     result = graded_class["results"]["network-probe"]
     notebook = nbformat.reads(result.notebooks["vae_basics"].decode(), 4)
     assert "no network" in json.dumps([c.get("outputs", []) for c in notebook.cells])
-    assert result.status == "needs review" and "import socket" in result.reason_text()
+    assert result.status == "graded" and scores(result)[0] == scores(result)[1]
 
 
 @needs_sandbox
@@ -456,7 +571,7 @@ def test_no_background_process_outlives_its_kernel(graded_class):
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert MARKER not in ps
     result = graded_class["results"]["lingering-process"]
-    assert result.status == "needs review" and "import subprocess" in result.reason_text()
+    assert result.status == "graded" and scores(result)[0] == scores(result)[1]
 
 
 @needs_sandbox
@@ -554,7 +669,6 @@ def test_a_huge_print_is_cut(graded_class):
 @needs_sandbox
 @pytest.mark.parametrize("student, reason", [
     ("truncated-notebook", "could not be read as a Jupyter notebook"),
-    ("nbformat-3", "could not be read as a Jupyter notebook"),
     ("misnamed-notebook", "found my_answers.ipynb: rename it to vae_basics.ipynb"),
     ("no-notebook", "vae_basics.ipynb is missing"),
 ])
@@ -582,10 +696,10 @@ def test_a_copy_pasted_test_cell_does_not_stop_the_batch(graded_class):
 @needs_sandbox
 @pytest.mark.parametrize("student", list(_cheats()))
 def test_no_cheat_earns_an_undeserved_point(graded_class, student):
-    """Does each in-kernel cheat get exactly the points of the work really done (0 for the
-    release-based ones; the untouched exercises for the reference-based ones), and is every
-    trick that reaches into the kernel named in the reason, with the status "needs review",
-    in the summary and at the top of the autograded notebook?"""
+    """Does each in-kernel cheat get exactly the points of the work really done on the judge's
+    fresh inputs (0 for the release-based ones, whatever they rewrote in the kernel, the probe
+    included; 8 where only the KL formula is wrong; 3 where the KL and reparametrise reach the
+    withheld references through library code and an instance)?"""
     _, points, status, words = _cheats()[student]
     result = graded_class["results"][student]
     assert scores(result)[0] == points, (result.reason_text(), _gradebook_scores(
@@ -593,19 +707,99 @@ def test_no_cheat_earns_an_undeserved_point(graded_class, student):
     assert result.status == status, result.reason_text()
     for word in words:
         assert word in result.reason_text(), result.reason_text()
-    if status == "needs review":
-        first = nbformat.reads(result.notebooks["vae_basics"].decode(), 4).cells[0]
-        assert first.source.startswith(GRADING_NOTE) and "tampered" in first.source
-        assert all(score == 0 for score, _ in _gradebook_scores(graded_class["root"],
-                                                                student).values())
 
 
 @needs_sandbox
-def test_the_summary_lists_the_submissions_to_review(graded_class):
+def test_the_probe_replaced_is_refused_with_a_reason(graded_class):
+    """Does a forged probe reply (the request echoed under its nonce) fail every test cell with
+    a message, not a traceback, and a deleted probe say that the tests got no answer?"""
+    for student, words in (("probe-replaced", "hidden tests"), ("probe-deleted", "no answer")):
+        notebook = nbformat.reads(graded_class["results"][student].notebooks["vae_basics"]
+                                  .decode(), 4)
+        errors = [o for c in _test_cells(notebook, "") for o in c.outputs
+                  if o.get("output_type") == "error"]
+        assert len(errors) == len(_test_cells(notebook, "")), student
+        assert any(words in o["evalue"] for o in errors), [o["evalue"] for o in errors]
+
+
+@needs_sandbox
+def test_links_planted_by_the_kernel_are_never_followed(graded_class):
+    """Do links that the kernel planted in its working folder (towards source/, another
+    student's notebook and the grader's code) change nothing outside it, while its correct
+    answers keep every point?"""
+    root, before = graded_class["root"], graded_class["before"]
+    assert _tree_digest(root / "source") == before["source"]
+    assert _tree_digest(root / "course" / "submitted" / "reference-solution") == before["reference"]
+    assert _tree_digest(REPO / "course" / "judges") == before["judges"]
+    result = graded_class["results"]["links-planted"]
+    assert scores(result)[0] == scores(result)[1], result.reason_text()
+    autograded = root / "course" / "autograded" / "links-planted" / "vae_basics"
+    assert not any(p.is_symlink() for p in autograded.rglob("*"))
+
+
+@needs_sandbox
+def test_a_disk_fill_stops_at_the_quota(graded_class):
+    """Does a kernel that writes until the disk is full stop at its private tmpfs quota in its
+    folder, /tmp and /dev/shm (and the grader's disk keep its space), with its points kept?"""
+    result = graded_class["results"]["disk-fill"]
+    notebook = nbformat.reads(result.notebooks["vae_basics"].decode(), 4)
+    text = json.dumps([c.get("outputs", []) for c in notebook.cells])
+    for where in (". full", "/tmp full", "/dev/shm full"):
+        assert where in text, text[-2000:]
+    assert scores(result)[0] == scores(result)[1], result.reason_text()
+    assert graded_class["disk_drop"] < 2 ** 30
+
+
+@needs_sandbox
+def test_a_fork_storm_is_capped(graded_class):
+    """Does a fork storm stop at the process cap (pids cgroup) without taking the batch down,
+    keeping the points of the cells before it?"""
+    result = graded_class["results"]["fork-storm"]
+    grades = _gradebook_scores(graded_class["root"], "fork-storm")
+    assert grades["kl-formula-tests"] == (2.0, 2.0), result.reason_text()
+    notebook = nbformat.reads(result.notebooks["vae_basics"].decode(), 4)
+    forked = [int(line.split()[1]) for c in notebook.cells for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" for line in o.get("text", "").splitlines()
+              if line.startswith("forked ")]
+    if forked:  # the storm ran to its end: it stopped below the cap
+        assert forked[0] < LIMITS.processes
+    assert result.peak_memory <= LIMITS.memory * 1.02
+
+
+@needs_sandbox
+def test_an_old_notebook_format_is_converted_and_graded(graded_class):
+    """Is a notebook saved as nbformat 3 converted and graded like the reference it is?"""
+    result = graded_class["results"]["nbformat-3"]
+    assert result.status == "graded", result.reason_text()
+    assert scores(result)[0] == scores(result)[1] > 0
+
+
+@needs_sandbox
+def test_edited_grading_metadata_is_restored_with_a_reason(graded_class):
+    """Is grading metadata that the student edited (points, a test cell no longer graded)
+    restored from the assignment, with a clear reason and no traceback, and graded in full?"""
+    result = graded_class["results"]["edited-metadata"]
+    assert scores(result) == (10, 10), result.reason_text()
+    assert result.status == "graded", result.reason_text()
+    assert "restored" in result.reason_text() and "Traceback" not in result.reason_text()
+    root = graded_class["root"]
+    pipeline.nbgrader(["generate_feedback", "vae_basics", "--student", "edited-metadata",
+                       "--force"], root)
+    assert list((root / "course" / "feedback" / "edited-metadata" / "vae_basics").glob("*.html"))
+
+
+def test_the_summary_lists_the_submissions_to_review():
     """Does the grade summary end with the submissions that need a person's review?"""
-    summary = format_summary(list(graded_class["results"].values()), [ASSIGNMENT])
-    review = [s for s, (_, _, status, _) in _cheats().items() if status == "needs review"]
-    assert "NEED REVIEW" in summary and all(s in summary for s in review)
+    from course.submission import Result
+
+    results = [Result("vae_basics", "tamperer", grades={("vae_basics", "kl-formula-tests"):
+                                                         (0.0, 2.0, False, True)},
+                      reasons={"vae_basics": "needs review: tampered"}, status="needs review",
+                      tampered=True),
+               Result("vae_basics", "honest", grades={("vae_basics", "kl-formula-tests"):
+                                                       (2.0, 2.0, False, True)})]
+    summary = format_summary(results, [ASSIGNMENT])
+    assert "NEED REVIEW" in summary and "tamperer" in summary.split("NEED REVIEW")[1]
 
 
 def test_read_submission_skips_links_and_oversized_files(tmp_path):
@@ -630,14 +824,18 @@ def test_memory_sizes_parse():
 
 def test_the_sandbox_command_line_isolates(tmp_path):
     """Does the kernel's bwrap command drop capabilities, unshare everything, clear the
-    environment and make only the notebook and runtime folders writable?"""
+    environment and bind only the sockets folder writable (the notebook's folder is a private
+    tmpfs, the runtime folder read-only)?"""
     sandbox = Sandbox(workdir=tmp_path / "nb", runtime_dir=tmp_path / "rt",
-                      readonly=(Path(sys.prefix),), env={"HOME": "/tmp"})
+                      readonly=(Path(sys.prefix),), env={"HOME": "/tmp"},
+                      sockets_dir=tmp_path / "sk")
     argv = sandbox.bwrap_argv(["python"])
     for flag in ("--unshare-all", "--cap-drop", "--die-with-parent", "--clearenv"):
         assert flag in argv
     writable = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
-    assert writable == [str(tmp_path / "rt"), str(tmp_path / "nb")]
+    assert writable == [str(tmp_path / "sk")]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--tmpfs"].count(
+        str(tmp_path / "nb")) == 1
     assert str(REPO) not in " ".join(a for a in argv if a != str(sys.prefix)
                                      and not a.startswith(str(sys.prefix)))
 

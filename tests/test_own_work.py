@@ -12,6 +12,8 @@ assignment's notebook runs once.
 """
 
 import inspect
+import os
+import sys
 import textwrap
 
 import pytest
@@ -22,13 +24,16 @@ from checks_harness import BEGIN, REPO, notebook_cells, outcomes, reference_name
 
 from course.checks._own_work import _expect_own_work
 from course.exercises import EXERCISES, resolve
+from course.handout import student_package
+from course.judges import JUDGED
 from course.own_work import exercise_answers, exercise_tests, scan_solution
 
 #: (assignment, solution cell, name, dotted path) of every reference in course/exercises.py
 REFERENCES = [(a, cell, name, path) for a, cells in EXERCISES.items() for cell, names in cells.items()
               for name, path in names.items() if path]
-#: the exercises that have references: (assignment, solution cell)
-EXERCISE_IDS = sorted({(a, cell) for a, cell, _, _ in REFERENCES})
+#: the exercises that have references and an own-work check in the kernel: (assignment, solution
+#: cell); a judged assignment's kernel imports dpm_core without them (see the test at the end)
+EXERCISE_IDS = sorted({(a, cell) for a, cell, _, _ in REFERENCES if a not in JUDGED})
 MESSAGE = "dpm_core's reference of this exercise earns no points"
 
 
@@ -105,7 +110,7 @@ def cheats(assignment: str, name: str, path: str, names_present) -> dict:
     return forms
 
 
-CASES = [(a, cell, name, path, form) for a, cell, name, path in REFERENCES
+CASES = [(a, cell, name, path, form) for a, cell, name, path in REFERENCES if a not in JUDGED
          for form in cheats(a, name, path, ())]
 
 
@@ -216,7 +221,7 @@ def test_every_test_cell_fails_as_synced_when_the_reference_is_imported(assignme
             exec(compile(_hidden_part(assignment, grade_id), f"<{grade_id} hidden>", "exec"), ns)
 
 
-@pytest.mark.parametrize("assignment", list(EXERCISES))
+@pytest.mark.parametrize("assignment", [a for a in EXERCISES if a not in JUDGED])
 def test_reference_solutions_pass_the_own_work_checks(assignment, namespaces):
     """Do the notebooks' reference solutions pass the own-work check of every exercise?"""
     ns = namespaces[assignment]
@@ -273,6 +278,8 @@ def test_dpm_core_for_what_is_not_the_exercise_is_accepted(assignment, cell, old
     replace = (cell, old, new)
     got = outcomes(assignment, replace, only=passing)
     assert not {g: m for g, m in got.items() if m}, what
+    if assignment in JUDGED:  # no own-work check in the kernel: its references are withheld
+        return
     ns = reference_namespace(assignment, replace)
     downstream = {c for a, c in EXERCISE_IDS if a == assignment
                   and set(exercise_tests(a)[c]) & set(passing)}
@@ -345,3 +352,36 @@ def test_scan_finds_the_cheats_of_the_kernel_tests():
             if form not in ("copy", "borrowed methods") and not scan_solution(assignment, cell, code):
                 missed.append(f"{name}:{form}")
     assert not missed
+
+
+@pytest.mark.parametrize("assignment", JUDGED)
+def test_a_judged_assignment_s_kernel_has_none_of_its_references(assignment, tmp_path):
+    """Does the dpm_core that a judged assignment's kernels import (``student_package``) raise
+    the withheld message for every reference of the assignment's exercises, so that a solution
+    that delegates to one has nothing to reach?"""
+    import subprocess
+
+    package = tmp_path / "dpm_core"
+    for rel, text in student_package(assignment).items():
+        (package / rel).parent.mkdir(parents=True, exist_ok=True)
+        (package / rel).write_text(text)
+    paths = [p for a, _, _, p in REFERENCES if a == assignment]
+    assert paths
+    probe = "\n".join(
+        ["import importlib, inspect, sys", "failed = []"]
+        + [f"m = importlib.import_module({p.rsplit('.', 1)[0]!r})\n"
+           f"f = getattr(m, {p.rsplit('.', 1)[1]!r})\n"
+           # a class: each function it defines (an inherited __init__ is not the exercise)
+           f"for g in ([v for v in vars(f).values() if inspect.isfunction(v)]\n"
+           f"          if inspect.isclass(f) else [f]):\n"
+           f"    try:\n        g(*[None] * len(inspect.signature(g).parameters))\n"
+           f"        failed.append({p!r} + '.' + g.__name__)\n"
+           f"    except NotImplementedError as e:\n"
+           f"        assert 'released with the solutions' in str(e), e\n"
+           f"    except Exception:\n        failed.append({p!r} + '.' + g.__name__)"
+           for p in paths]
+        + ["assert not failed, failed", "print(sys.modules['dpm_core'].__file__)"])
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert str(package) in out.stdout
