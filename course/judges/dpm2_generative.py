@@ -23,7 +23,7 @@ import torch.distributions as td
 import torch.nn.functional as F
 
 from course.judges._common import (Probe, draw_seed, expect, expect_close, probe_op,
-                                   tensor_value)
+                                   statistical, tensor_value)
 from dpm_core import build_ffnn_decoder
 from dpm_probe.wire import Node, Tensor
 
@@ -781,6 +781,7 @@ def joint_posterior(probe: Probe, rng: torch.Generator) -> str:
     return "Hidden tests of JointDistribution.posterior passed."
 
 
+@statistical
 def joint_naive_bound(probe: Probe, rng: torch.Generator) -> str:
     """Hidden tests of JointDistribution.naive_lowerbound (cell joint-naive-bound-tests).
 
