@@ -133,17 +133,19 @@ class BoundedExecute(Execute):
     * What one cell may print is capped at ``max_output_bytes`` as it arrives, so a
       50 MB print cannot make a 50 MB feedback page or fill the grader's memory.
     * In a judged assignment, each graded test cell is graded by its judge
-      (:meth:`_judge_cell`): the cell's code is not sent to the kernel; the judge's requests
-      are, each as a cell of its own (:class:`_KernelProbe`), and the judge's verdict becomes
-      the cell's outputs (a line when it passes, an ``AssertionError`` naming the mistake
-      otherwise). A missing, malformed or oversized probe reply fails the cell with a reason;
+      (:meth:`_judge_cell`; a test cell without a judge scores 0 with the reason, as its
+      outputs would come from the kernel): the cell's code is not sent to the kernel; the
+      judge's requests are, each as a cell of its own (:class:`_KernelProbe`), and the
+      judge's verdict becomes the cell's outputs (a line when it passes, an
+      ``AssertionError`` naming the mistake otherwise). A missing, malformed or oversized probe reply fails the cell with a reason;
       the probe's other outputs are dropped. The own-work scan of the solution cells
       (``course.own_work``) still applies; the guard and its scan do not (nothing the kernel
       does can change a judge's verdict).
-    * Elsewhere, with ``guard`` (the default), the grading guard (``course.guard``) is installed in the
-      kernel before the first cell, and each graded test cell keeps its points only when the
-      guard signs a pass token for it; a cell without one gets an error output, and an
-      ``execute_result`` never counts as partial credit. When the guard reports a change to
+    * Elsewhere, with ``guard`` (the default), the grading guard (``course.guard``) is
+      installed in the kernel before the first cell, and each graded test cell keeps its
+      points only when the guard signs a pass token for it; a cell without one gets an
+      error output, and an ``execute_result`` never counts as partial credit. When the
+      guard reports a change to
       the grading machinery, or the static scan finds code in a student's cell that reaches
       into the kernel, every test cell of the notebook scores 0 and the reason is reported.
     * The reason, if any, is written as JSON to ``report_file``: ``stopped`` (why the
@@ -218,6 +220,12 @@ class BoundedExecute(Execute):
         self._started = True
         test_cell = utils.is_grade(cell) and not utils.is_solution(cell)
         judge = judge_for(self._assignment, cell.metadata.nbgrader.grade_id) if test_cell else None
+        if test_cell and judge is None and self._assignment in JUDGED:
+            # its outputs would come from the kernel, which nothing guards here: no points
+            cell.outputs = [self._error("NoJudge", f"the test cell "
+                                                   f"{cell.metadata.nbgrader.grade_id} has no "
+                                                   f"judge: tell your instructor")]
+            return cell, resources
         graded = self.guard and test_cell and judge is None  # scored by the guard's token
         self._expressions = {"token": self._session.expression(cell.metadata.nbgrader.grade_id)} \
             if graded else {}
@@ -416,7 +424,8 @@ class _KernelProbe(Probe):
         try:
             return base64.b64decode(replies[0]["data"][PROBE_MIME].get("reply", ""), validate=True)
         except (binascii.Error, TypeError, ValueError):
-            raise AssertionError("the kernel's answer to the hidden tests is not readable") from None
+            raise AssertionError("the kernel's answer to the hidden tests is not "
+                                 "readable") from None
 
 
 def _scan_student_cells(nb) -> list[str]:

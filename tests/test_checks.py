@@ -35,6 +35,7 @@ from checks_harness import (ASSIGNMENTS, BEGIN, REPO, SELF_CHECK_CONTEXT_CELLS, 
                             self_check_names_read)
 
 from course import sync_checks
+from course.judges import JUDGED, judges
 
 #: the long run: every check for 100 seeds, and every check downstream of each mistake
 FULL = os.environ.get("DPM_CHECKS_FULL", "") == "1"
@@ -341,3 +342,13 @@ def test_valid_variant_passes_every_check(variant):
     got = outcomes(variant.assignment, (variant.cell, variant.old, variant.new), after=variant.cell)
     failed = {g: m for g, m in got.items() if m is not None}
     assert not failed, f"{variant.description}: {failed}"
+
+
+@pytest.mark.parametrize("assignment", [a for a in ASSIGNMENTS if a in JUDGED])
+def test_every_test_cell_of_a_judged_notebook_has_a_judge(assignment):
+    """Does every graded test cell of a judged assignment's source notebook have a judge (the
+    grader scores one without a judge 0, since its outputs would come from the kernel), and
+    every judge a cell?"""
+    cells = {g for g, c in notebook_cells(assignment).items() if c.cell_type == "code"
+             and c.metadata["nbgrader"].get("grade") and not c.metadata["nbgrader"].get("solution")}
+    assert cells == set(judges(assignment))

@@ -13,8 +13,9 @@ import torch
 
 from dpm_probe.wire import Limits, Node, Tensor, decode, encode
 
-__all__ = ["REPLY_LIMITS", "Probe", "LocalProbe", "call", "leaf", "expanded", "probe_op", "statistical", "returned", "tensor_value",
-           "expect", "expect_close", "known_mistake", "draw_seed"]
+__all__ = ["REPLY_LIMITS", "Probe", "LocalProbe", "call", "leaf", "expanded", "probe_op",
+           "statistical", "returned", "tensor_value", "expect", "expect_close", "known_mistake",
+           "draw_seed"]
 
 #: what a probe's reply may hold
 REPLY_LIMITS = Limits(total_bytes=64 * 2 ** 20)

@@ -252,7 +252,8 @@ def reparametrise_distribution(probe: Probe, rng: torch.Generator) -> str:
                 if _within(var, target, target * math.sqrt(2 / (n - 1))):
                     raise AssertionError(message)
             raise AssertionError("the sample variance of z differs from exp(logvar) by more than "
-                                 "5 standard errors (20000 draws): z = mu + exp(0.5 * logvar) * eps")
+                                 "5 standard errors (20000 draws): "
+                                 "z = mu + exp(0.5 * logvar) * eps")
         p = 0.6827  # P(|eps| < 1) for a standard normal eps
         frac = ((zd - m).abs() < v.sqrt()).double().mean().item()
         expect(abs(frac - p) <= 5 * math.sqrt(p * (1 - p) / (60 * n)),
