@@ -1,24 +1,27 @@
 """The class grader (course.grade) on a simulated class of honest and hostile students.
 
-One module-scoped course (``vae_basics`` only, the quickest notebook to grade) gets 41
-students, graded in one run through a LocalCluster of 2 workers with the kernels in
-bubblewrap: the reference solution, the untouched release, a partial answer, and hostile
-submissions (file vandalism aimed at the gradebook, ``source/``, another student and the
-installed package; signals to the grader; a network probe; a lingering background
+One module-scoped course (``vae_basics`` only, the quickest notebook to grade, judged outside
+the kernel) gets 58 students, graded in one run through a LocalCluster of 2 workers with the
+kernels in bubblewrap: the reference solution, the untouched release, a partial answer, and
+hostile submissions (file vandalism aimed at the gradebook, ``source/``, another student and
+the installed package; signals to the grader; a network probe; a lingering background
 process; a memory bomb; an infinite loop, and one that ignores interrupts; a 50 MB print;
 ``os._exit``; a ``dpm_core/`` package handed in next to the notebook; a notebook with a
-copy-pasted test cell; a truncated, an nbformat 3, a
-misnamed and a missing notebook) and the in-kernel cheats of :func:`_cheats` (outputs forged
-in the JSON, test cells deleted, stripped or turned into markdown, wrong answers that pass the
-visible self-checks or return NumPy, NaN, inf, float64 or meta tensors, dpm_core's reference
-handed in, and every way of rewriting the grading machinery from inside the kernel: input
-and AST transformers, cell hooks, exception handlers, replaced helpers, torch functions and
-builtins, a torch function mode, a forged guard, a tensor subclass, a package put on
-sys.path, sys.modules, exec, frames and gc, most of them hidden from the static scan).
-Honest students must get exactly what serial nbgrader gives them; each hostile one is
-contained and scored with its reason, no cheat earns a point; the batch completes.
+copy-pasted test cell; links planted in the kernel's folder towards ``source/``, another
+student and the judges; a disk fill; a fork storm; edited grading metadata; a truncated, an
+nbformat 3, a misnamed and a missing notebook) and the in-kernel cheats of :func:`_cheats`
+(outputs forged in the JSON, test cells deleted, stripped or turned into markdown, wrong
+answers that pass the visible self-checks or return NumPy, NaN, inf, float64 or meta tensors,
+dpm_core's reference handed in, reached through library code or an instance, helpers rebound
+while graded, and ways of rewriting what the grader meets in the kernel: input and AST
+transformers, exception handlers, torch functions and builtins, a torch function mode, a
+tensor subclass, a package put on sys.path, frames and gc, the probe replaced, forged or
+deleted). Honest students must get exactly what serial nbgrader gives them; each hostile one
+is contained and gets exactly the points of the work it really did on the judge's fresh
+inputs; the batch completes.
 
-The limits are small so that the run stays short: 1.5 GiB of memory, 20 s per cell.
+The limits are small so that the run stays short: 1.5 GiB of memory, 20 s per cell, 256 MiB
+of disk per tmpfs and 64 tasks.
 """
 
 import hashlib
