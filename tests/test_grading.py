@@ -1,7 +1,7 @@
 """The class grader (course.grade) on a simulated class of honest and hostile students.
 
 One module-scoped course (``vae_basics`` only, the quickest notebook to grade, judged outside
-the kernel) gets 58 students, graded in one run through a LocalCluster of 2 workers with the
+the kernel) gets 40 students, graded in one run through a LocalCluster of 2 workers with the
 kernels in bubblewrap: the reference solution, the untouched release, a partial answer, and
 hostile submissions (file vandalism aimed at the gradebook, ``source/``, another student and
 the installed package; signals to the grader; a network probe; a lingering background
