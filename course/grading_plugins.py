@@ -21,6 +21,8 @@ import secrets
 import time
 from pathlib import Path
 
+import zmq
+
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 from nbformat import from_dict
@@ -39,6 +41,10 @@ from dpm_probe.wire import WireError
 
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: what the replies of one probe request may hold (base64 of a wire message and its JSON)
+_PROBE_OUTPUT_BYTES = 96 * 2 ** 20
+#: the largest message taken from a kernel: above the largest probe reply
+_MAX_MESSAGE_BYTES = 128 * 2 ** 20
 
 
 class HideHiddenTests(NbGraderPreprocessor):
@@ -155,6 +161,8 @@ class BoundedExecute(Execute):
 
     notebook_timeout = Integer(0, help="seconds for the whole notebook (0: no limit)").tag(config=True)
     max_output_bytes = Integer(100_000, help="output kept per cell, in bytes").tag(config=True)
+    max_message_bytes = Integer(_MAX_MESSAGE_BYTES, help="the largest message taken from the "
+                                "kernel, in bytes (ZeroMQ drops larger ones)").tag(config=True)
     memory_cgroup = Unicode("", help="the submission's memory cgroup, to tell an OOM kill").tag(config=True)
     memory_limit = Integer(0, help="the memory cap in bytes, for the messages").tag(config=True)
     report_file = Unicode("", help="where to write why execution stopped (JSON)").tag(config=True)
@@ -254,6 +262,25 @@ class BoundedExecute(Execute):
         if index == self._last_code:
             self._final_check()
         return cell, resources
+
+    async def async_start_new_kernel_client(self):
+        """The kernel client, whose sockets refuse a message larger than ``max_message_bytes``:
+        ZeroMQ would otherwise receive a kernel's multi-gigabyte print whole into this
+        process before the per-cell cap applies. The refused message is lost (ZeroMQ drops
+        and renews the connection); should the cell's end be lost with it, the cell times
+        out as a hanging one does."""
+        make = self.km.client
+
+        def client(**kwargs):
+            kc = make(**kwargs)
+            kc.context.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            return kc
+
+        self.km.client = client
+        try:
+            return await super().async_start_new_kernel_client()
+        finally:
+            self.km.client = make
 
     def on_cell_executed(self, **kwargs):
         super().on_cell_executed(**kwargs)
@@ -389,10 +416,6 @@ class BoundedExecute(Execute):
     @staticmethod
     def _error(ename: str, evalue: str):
         return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
-
-
-#: what the replies of one probe request may hold (base64 of a wire message and its JSON)
-_PROBE_OUTPUT_BYTES = 96 * 2 ** 20
 
 
 class _KernelProbe(Probe):

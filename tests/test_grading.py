@@ -1,14 +1,15 @@
 """The class grader (course.grade) on a simulated class of honest and hostile students.
 
 One module-scoped course (``vae_basics`` only, the quickest notebook to grade, judged outside
-the kernel) gets 40 students, graded in one run through a LocalCluster of 2 workers with the
+the kernel) gets 41 students, graded in one run through a LocalCluster of 2 workers with the
 kernels in bubblewrap: the reference solution, the untouched release, a partial answer, and
 hostile submissions (file vandalism aimed at the gradebook, ``source/``, another student and
 the installed package; signals to the grader; a network probe; a lingering background
 process; a memory bomb; an infinite loop, and one that ignores interrupts; a 50 MB print;
 ``os._exit``; a ``dpm_core/`` package handed in next to the notebook; a notebook with a
 copy-pasted test cell; links planted in the kernel's folder towards ``source/``, another
-student and the judges; a disk fill; a fork storm; edited grading metadata; a truncated, an
+student and the judges; a disk fill; a fork storm; a 300 MB message; edited grading
+metadata; a truncated, an
 nbformat 3, a misnamed and a missing notebook) and the in-kernel cheats of :func:`_cheats`
 (outputs forged in the JSON, test cells deleted, stripped or turned into markdown, wrong
 answers that pass the visible self-checks or return NumPy, NaN, inf, float64 or meta tensors,
@@ -443,6 +444,9 @@ while True:
                                                         _DISK_FILL)},
         "fork-storm": {"vae_basics.ipynb": _insert_after(_source_nb(), "kl-reduction-tests",
                                                          _FORK_STORM)},
+        "huge-message": {"vae_basics.ipynb": _insert_after(
+            _source_nb(), "kl-reduction-tests",
+            "import sys\nsys.stdout.write('x' * 300_000_000)\nsys.stdout.flush()")},
         "misnamed-notebook": {"my_answers.ipynb": _source_nb()},
         "fake-package": {"vae_basics.ipynb": _source_nb(),
                          "dpm_core/__init__.py": b"raise ImportError('the fake dpm_core was imported')\n"},
@@ -507,7 +511,7 @@ def test_every_student_is_graded_and_recorded(graded_class):
     """Does the batch complete, with every student in the gradebook and no code cell left
     "needs autograding" (a score of None)?"""
     results = graded_class["results"]
-    assert len(results) == 21 + len(_cheats())
+    assert len(results) == 22 + len(_cheats())
     for student in results:
         grades = _gradebook_scores(graded_class["root"], student)
         assert grades and all(score is not None for score, _ in grades.values()), (student, grades)
@@ -767,6 +771,17 @@ def test_a_fork_storm_is_capped(graded_class):
     if forked:  # the storm ran to its end: it stopped below the cap
         assert forked[0] < LIMITS.processes
     assert result.peak_memory <= LIMITS.memory * 1.02
+
+
+@needs_sandbox
+def test_a_message_too_large_is_refused_not_received(graded_class):
+    """Does a 300 MB write to stdout in one call leave the grader a small notebook (a message
+    over 128 MiB is refused by the grader's sockets, smaller pieces are cut at the output cap),
+    the points of the cells before it and the batch intact?"""
+    result = graded_class["results"]["huge-message"]
+    grades = _gradebook_scores(graded_class["root"], "huge-message")
+    assert grades["kl-formula-tests"] == (2.0, 2.0) and grades["kl-reduction-tests"] == (1.0, 1.0)
+    assert len(result.notebooks["vae_basics"]) < 2_000_000
 
 
 @needs_sandbox
