@@ -238,6 +238,7 @@ class BoundedExecute(Execute):
         self._expressions = {"token": self._session.expression(cell.metadata.nbgrader.grade_id)} \
             if graded else {}
         self._last_reply = None
+        started = time.monotonic()
         try:
             if judge is not None:
                 self._judge_cell(cell, index, judge)
@@ -246,8 +247,13 @@ class BoundedExecute(Execute):
         except DeadKernelError:
             self._stopped = self._death_reason()
         except CellTimeoutError:
-            self._stopped = (f"a cell ran longer than {self.timeout} s and did not stop when "
-                             f"interrupted; the kernel was shut down")
+            if time.monotonic() - started < 0.9 * self.timeout:  # not slow: its output was lost
+                self._stopped = (f"the kernel's output could not be received (one message is "
+                                 f"refused above {gib(self.max_message_bytes)}); the kernel was "
+                                 f"shut down")
+            else:
+                self._stopped = (f"a cell ran longer than {self.timeout} s and did not stop when "
+                                 f"interrupted; the kernel was shut down")
             self._shut_down_kernel()
         finally:
             self._expressions = {}
@@ -267,8 +273,8 @@ class BoundedExecute(Execute):
         """The kernel client, whose sockets refuse a message larger than ``max_message_bytes``:
         ZeroMQ would otherwise receive a kernel's multi-gigabyte print whole into this
         process before the per-cell cap applies. The refused message is lost (ZeroMQ drops
-        and renews the connection); should the cell's end be lost with it, the cell times
-        out as a hanging one does."""
+        and renews the connection), and with it, as a rule, the end of the cell: the cell
+        then stops early, with that reason, keeping the points earned before."""
         make = self.km.client
 
         def client(**kwargs):
@@ -281,6 +287,9 @@ class BoundedExecute(Execute):
             return await super().async_start_new_kernel_client()
         finally:
             self.km.client = make
+
+    # nbclient binds its own coroutine here; nbconvert's preprocess starts the client this way
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
     def on_cell_executed(self, **kwargs):
         super().on_cell_executed(**kwargs)

@@ -775,13 +775,30 @@ def test_a_fork_storm_is_capped(graded_class):
 
 @needs_sandbox
 def test_a_message_too_large_is_refused_not_received(graded_class):
-    """Does a 300 MB write to stdout in one call leave the grader a small notebook (a message
-    over 128 MiB is refused by the grader's sockets, smaller pieces are cut at the output cap),
-    the points of the cells before it and the batch intact?"""
+    """Does a 300 MB write to stdout in one call, refused by the grader's sockets (over 128
+    MiB, it would otherwise be received whole before the output cap applies), stop the
+    notebook with the reason, keeping the points of the cells before it and the batch intact?"""
     result = graded_class["results"]["huge-message"]
     grades = _gradebook_scores(graded_class["root"], "huge-message")
     assert grades["kl-formula-tests"] == (2.0, 2.0) and grades["kl-reduction-tests"] == (1.0, 1.0)
     assert len(result.notebooks["vae_basics"]) < 2_000_000
+    assert "could not be received" in result.reason_text(), result.reason_text()
+
+
+def test_the_grader_refuses_a_message_over_its_cap(tmp_path):
+    """With a 1 MiB cap, is a 5 MB print refused by the sockets (never received, so never cut
+    at the output cap), stopping the notebook with the reason, while without the cap it
+    arrives and is cut?"""
+    from course.grading_plugins import BoundedExecute
+
+    def run(cap):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('x' * 5_000_000)")])
+        nb, _ = BoundedExecute(timeout=20, guard=False, max_message_bytes=cap).preprocess(
+            nb, {"metadata": {"path": str(tmp_path)}})
+        return json.dumps(nb.cells[0].outputs)
+
+    assert "could not be received" in run(2 ** 20)
+    assert "output cut here" in run(2 ** 30)
 
 
 @needs_sandbox
