@@ -759,8 +759,10 @@ def test_a_disk_fill_stops_at_the_quota(graded_class):
 
 @needs_sandbox
 def test_a_fork_storm_is_capped(graded_class):
-    """Does a fork storm stop at the process cap (pids cgroup) without taking the batch down,
-    keeping the points of the cells before it?"""
+    """Does a fork storm of children holding 32 MiB each end within the submission's caps (here
+    the memory cap comes first; the pids cap alone is tested with a small cap in
+    tests/test_sandbox_limits.py) without taking the batch down, keeping the points of the
+    cells before it?"""
     result = graded_class["results"]["fork-storm"]
     grades = _gradebook_scores(graded_class["root"], "fork-storm")
     assert grades["kl-formula-tests"] == (2.0, 2.0), result.reason_text()
