@@ -18,14 +18,25 @@ bubblewrap, not the course's files: the submission travels with the task.
 Results come back to this process, the only writer of ``course/gradebook.db``; the
 formgrader, ``nbgrader generate_feedback`` and ``nbgrader export`` read it as usual. A
 progress bar counts submissions; a summary table ends the run.
+
+Before any grading, the command checks what it was asked: ``--students`` names without a
+submission folder and an assignment nobody submitted are refused (nothing is written), and
+an assignment the gradebook does not know, or knows with other cells than ``source/`` has
+now, is registered with nbgrader's ``generate_assignment`` (into the gradebook only:
+``release/`` is left alone). The exit status is 0 when every submission was graded, 1 when
+the grader failed on any (they are listed, with the command that grades them again) and 2
+when the command refused to start.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -36,7 +47,7 @@ from course.sandbox import SandboxUnavailable, check_sandbox, gib
 from course.submission import MAX_SUBMISSION_BYTES, Job, Limits, Result, grade_submission
 
 __all__ = ["find_students", "read_submission", "grade_class", "format_summary",
-           "course_assignments", "main"]
+           "course_assignments", "chosen_students", "register", "exit_status", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +58,87 @@ def find_students(root: Path, assignment: str) -> list[str]:
     if not submitted.exists():
         return []
     return sorted(p.name for p in submitted.iterdir() if (p / assignment).is_dir())
+
+
+def chosen_students(root: Path, assignments: list[dict], names: Optional[list]) -> dict:
+    """``{assignment: [student, ...]}`` to grade: ``names`` (or everyone with a submission).
+
+    Raises:
+        ValueError: a name has no submission folder for any chosen assignment (a typo would
+            otherwise enter the gradebook as a student with 0 points), or nobody submitted.
+    """
+    found = {a["name"]: find_students(root, a["name"]) for a in assignments}
+    submitted = Path(root) / "course" / "submitted"
+    if names is not None:
+        everyone = sorted({s for students in found.values() for s in students})
+        unknown = [n for n in names if not any(n in students for students in found.values())]
+        if unknown:
+            hints = []
+            for n in unknown:
+                close = difflib.get_close_matches(n, everyone, n=3)
+                hints.append(f"{n!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            raise ValueError(
+                f"no submission folder {submitted}/NAME/{'|'.join(found)} for "
+                f"{', '.join(hints)}; nothing was graded. Students with a submission: "
+                f"{', '.join(everyone) or 'none'}")
+        found = {a: [n for n in names if n in students] for a, students in found.items()}
+    if not any(found.values()):
+        raise ValueError(
+            f"no submissions of {', '.join(found)} under {submitted}: put each student's "
+            f"notebooks in {submitted}/STUDENT/ASSIGNMENT/ (nbgrader collect or zip_collect "
+            f"does that), then grade again")
+    return found
+
+
+def _cells(gb, assignment: str) -> set:
+    """What the gradebook knows of an assignment's cells: (notebook, cell, kind, points)."""
+    known = set()
+    for notebook in gb.find_assignment(assignment).notebooks:
+        known |= {(notebook.name, c.name, "grade", c.max_score) for c in notebook.grade_cells}
+        known |= {(notebook.name, c.name, "solution", None) for c in notebook.solution_cells}
+        known |= {(notebook.name, c.name, "task", c.max_score) for c in notebook.task_cells}
+    return known
+
+
+def register(root: Path, assignment: str, template: bytes) -> bool:
+    """Make the course's gradebook know ``assignment`` as ``source/`` has it now.
+
+    ``template`` is a gradebook made from ``source/`` (:func:`course.merge.template_gradebook`).
+    When the course's gradebook lacks the assignment or knows other cells, nbgrader's own
+    ``generate_assignment --force`` registers it, run in a scratch course whose database is
+    the course's: ``release/`` is not touched. Returns whether it registered.
+
+    Raises:
+        RuntimeError: nbgrader refused (for instance, cells that already hold grades were
+            removed from the source), with its output.
+    """
+    from nbgrader.api import Gradebook, MissingEntry
+
+    from course.pipeline import nbgrader
+
+    db = Path(root) / "course" / "gradebook.db"
+    with tempfile.TemporaryDirectory(prefix="dpm-register-") as tmp:
+        (Path(tmp) / "template.db").write_bytes(template)
+        with Gradebook(f"sqlite:///{tmp}/template.db") as gb:
+            wanted = _cells(gb, assignment)
+        if db.exists():
+            with Gradebook(f"sqlite:///{db}") as gb:
+                try:
+                    if _cells(gb, assignment) == wanted:
+                        return False
+                except MissingEntry:
+                    pass
+        scratch = Path(tmp) / "course-root"
+        shutil.copytree(Path(root) / "source" / assignment, scratch / "source" / assignment)
+        (scratch / "course").mkdir()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        nbgrader(["generate_assignment", assignment, "--force", f"--db=sqlite:///{db}"], scratch)
+    return True
+
+
+def exit_status(results: list[Result]) -> int:
+    """1 when the grader failed on any submission (status "error"), else 0."""
+    return 1 if any(r.status == "error" for r in results) else 0
 
 
 def read_submission(folder: Path, limit: int = MAX_SUBMISSION_BYTES) -> tuple[dict, list]:
@@ -126,6 +218,8 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
 
     Raises:
         SandboxUnavailable: when ``limits.sandbox`` and bwrap cannot run here.
+        ValueError: see :func:`chosen_students` (before anything is graded or written).
+        RuntimeError: nbgrader could not register an assignment (:func:`register`).
     """
     from dask.distributed import as_completed
     from nbgrader.api import Gradebook
@@ -138,14 +232,17 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
     if limits.sandbox and not scheduler:
         check_sandbox()
     db = root / "course" / "gradebook.db"
-    if not db.exists():
-        raise ValueError(f"no gradebook at {db}: run `nbgrader generate_assignment NAME` first")
+    chosen = chosen_students(root, assignments, students)
     pending = []
     for a in assignments:
-        names = students if students is not None else find_students(root, a["name"])
+        if not chosen[a["name"]]:
+            continue
         template = template_gradebook(root, a["name"])
+        if register(root, a["name"], template) and progress:
+            print(f"registered {a['name']} in {db} (nbgrader generate_assignment, as source/ "
+                  f"has it now)", file=sys.stderr)
         source = _source_files(root, a["name"])
-        pending += [(a, s, template, source) for s in names]
+        pending += [(a, s, template, source) for s in chosen[a["name"]]]
     workers = workers or os.cpu_count() or 1
     # a judged assignment's kernels import dpm_core without the references of its exercises
     packages = {a["name"]: student_package(a["name"]) for a in assignments
@@ -264,7 +361,8 @@ def course_assignments(root: Path) -> list[dict]:
             for d in sorted((Path(root) / "source").iterdir()) if d.is_dir()]
 
 
-def main(argv: Optional[list] = None) -> list[Result]:
+def main(argv: Optional[list] = None) -> int:
+    """The command line; returns the exit status (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m course.grade",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("assignments", nargs="*", help="assignment names (or --all)")
@@ -303,12 +401,14 @@ def main(argv: Optional[list] = None) -> list[Result]:
         results = grade_class(args.root, chosen, args.students, limits, args.workers,
                               args.scheduler)
     except SandboxUnavailable as err:
-        sys.exit(f"course.grade: refusing to run student code unsandboxed: {err}")
-    except ValueError as err:
-        sys.exit(f"course.grade: {err}")
+        print(f"course.grade: refusing to run student code unsandboxed: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as err:
+        print(f"course.grade: {err}", file=sys.stderr)
+        return 2
     print(format_summary(results, chosen))
-    return results
+    return exit_status(results)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
