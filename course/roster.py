@@ -12,8 +12,13 @@ email``. A header row is optional:
 * **without one** the columns are positional: id, first name, last name, e-mail; the
   trailing ones may be left out.
 
-The file is UTF-8 (a byte-order mark is skipped); every cell is stripped of surrounding
-whitespace; blank lines are skipped; an empty name or e-mail is stored as none.
+The file is UTF-8, or UTF-16 with a byte-order mark (a spreadsheet's "Unicode text"); a
+byte-order mark is skipped and said so. The delimiter is sniffed (``csv.Sniffer``: ``,``,
+``;`` as spreadsheets write it where the decimal point is a comma, tab or ``|``) and named
+when it is not a comma. A first row that names no known column but looks like a header (no
+e-mail address in it, while the rows below have one) is refused with the columns expected
+and found, not read as a student. Every cell is stripped of surrounding whitespace; blank
+lines are skipped; an empty name or e-mail is stored as none.
 
 Every row is checked before anything is written, and each problem is reported with its
 line number: a missing id; an id that cannot be a student's folder (nbgrader keeps
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import re
 import shutil
@@ -62,6 +68,7 @@ COLUMNS = {
 _HEADER = {alias: column for column, aliases in COLUMNS.items() for alias in aliases}
 _FIELDS = tuple(COLUMNS)
 _NAMES = tuple(field for field in _FIELDS if field != "id")
+_ACCEPTED = "; ".join(" or ".join(aliases) for aliases in COLUMNS.values())
 
 #: nbgrader's limit on an id, a name or an e-mail (the gradebook's ``String(128)``)
 MAX_LENGTH = 128
@@ -112,34 +119,83 @@ def _id_problem(student_id: str) -> Optional[str]:
             f"{_ID_RULE}")
 
 
-def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """``[(line, stripped cells)]`` of the non-blank rows of a CSV file."""
+#: byte-order marks and the encodings they announce (a spreadsheet's "Unicode text" is UTF-16)
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig", "UTF-8"), (b"\xff\xfe", "utf-16", "UTF-16"),
+         (b"\xfe\xff", "utf-16", "UTF-16"))
+#: the delimiters a roster may use: a spreadsheet in a locale with decimal commas writes ';'
+_DELIMITERS = ",;\t|"
+
+
+def _decode(path: Path, notes: list) -> str:
+    """The text of a roster file: UTF-8, or what its byte-order mark announces (noted)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader, rows, start = csv.reader(f), [], 1
-            for row in reader:
-                cells = [cell.strip() for cell in row]
-                if any(cells):
-                    rows.append((start, cells))
-                start = reader.line_num + 1
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RosterError([f"{path}: no such file"]) from None
     except IsADirectoryError:
         raise RosterError([f"{path}: is a folder, not a CSV file"]) from None
     except OSError as err:
         raise RosterError([f"{path}: cannot read it: {err.strerror}"]) from None
+    encoding = "utf-8"
+    for bom, codec, name in _BOMS:
+        if data.startswith(bom):
+            encoding = codec
+            notes.append(f"skipped the byte-order mark of a {name} file (a spreadsheet's export)")
+            break
+    try:
+        return data.decode(encoding)
     except UnicodeDecodeError as err:
-        raise RosterError([f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at "
-                           f"offset {err.start}); save the file as UTF-8 CSV"]) from None
+        raise RosterError([f"{path}: not {encoding.upper()} text (byte {err.object[err.start]:#04x} "
+                           f"at offset {err.start}); save the file as UTF-8 CSV"]) from None
+
+
+def _dialect(text: str, notes: list):
+    """The CSV dialect of ``text``: ``csv.Sniffer`` among :data:`_DELIMITERS`, else ','."""
+    try:
+        dialect = csv.Sniffer().sniff(text[:8192], delimiters=_DELIMITERS)
+    except csv.Error:
+        return csv.excel
+    if dialect.delimiter != ",":
+        shown = {"\t": "tab"}.get(dialect.delimiter, repr(dialect.delimiter))
+        notes.append(f"read the file as {shown}-separated")
+    return dialect
+
+
+def _read_rows(path: Path, notes: list) -> list[tuple[int, list[str]]]:
+    """``[(line, stripped cells)]`` of the non-blank rows of a CSV file."""
+    text = _decode(path, notes)
+    reader, rows, start = csv.reader(io.StringIO(text, newline=""), _dialect(text, notes)), [], 1
+    try:
+        for row in reader:
+            cells = [cell.strip() for cell in row]
+            if any(cells):
+                rows.append((start, cells))
+            start = reader.line_num + 1
     except csv.Error as err:
         raise RosterError([f"{path}: line {reader.line_num}: not valid CSV: {err}"]) from None
     return rows
+
+
+def _looks_like_header(rows: list) -> bool:
+    """Whether the first row names columns rather than a student: no cell of it is an
+    e-mail address while a later row has one."""
+    if len(rows) < 2:
+        return False
+    has_email = lambda cells: any(_EMAIL.fullmatch(c) for c in cells)  # noqa: E731
+    return not has_email(rows[0][1]) and any(has_email(cells) for _, cells in rows[1:])
 
 
 def _columns(rows: list, path: Path, notes: list) -> tuple[tuple, list]:
     """The columns of the file and its data rows: from a header row, or positional."""
     first = rows[0][1] if rows else []
     if not any(_header_name(cell) in _HEADER for cell in first):
+        if _looks_like_header(rows):
+            raise RosterError([
+                f"{path}: line {rows[0][0]} looks like a header ({', '.join(map(repr, first))}), "
+                f"but names none of the roster's columns. Expected (any case; spaces or "
+                f"hyphens for underscores): {_ACCEPTED}. Rename those header cells, or delete "
+                f"the header row to read the columns by position (id, first name, last name, "
+                f"e-mail)"])
         return _FIELDS, rows
     line, header = rows[0]
     columns, ignored = [], []
@@ -152,11 +208,10 @@ def _columns(rows: list, path: Path, notes: list) -> tuple[tuple, list]:
             ignored.append(cell)
     if "id" not in columns:
         raise RosterError([f"{path}: line {line}: the header has no id column (accepted: "
-                           f"{', '.join(COLUMNS['id'])})"])
+                           f"{', '.join(COLUMNS['id'])}); found {', '.join(map(repr, header))}"])
     if ignored:
-        accepted = "; ".join(" or ".join(aliases) for aliases in COLUMNS.values())
         notes.append(f"ignored the column(s) {', '.join(map(repr, ignored))} "
-                     f"(the roster's columns are {accepted})")
+                     f"(the roster's columns are {_ACCEPTED})")
     return tuple(columns), rows[1:]
 
 
@@ -177,7 +232,7 @@ def read_roster(path: Path, notes: Optional[list] = None) -> tuple[list[Student]
     """
     path = Path(path)
     notes = [] if notes is None else notes
-    rows = _read_rows(path)
+    rows = _read_rows(path, notes)
     columns, data = _columns(rows, path, notes)
     has_header = len(data) < len(rows)
     present = set()

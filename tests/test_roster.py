@@ -114,6 +114,41 @@ def test_unknown_columns_are_ignored_and_named(course_dir, capsys):
     assert _students(course_dir)["gina"] == (None, None, "gina@example.org")
 
 
+def test_an_unrecognised_header_is_named_with_the_columns_expected(course_dir, capsys):
+    """A German LMS export's header (identifier, vorname, nachname, mail): is it refused as
+    a header that names no known column, listing what was found and what is expected,
+    instead of "'mail' is not an e-mail address"?"""
+    text = "identifier,vorname,nachname,mail\nhanna,Hanna,Arendt,hanna@example.org\n"
+    code, out, err = _load(course_dir, text, capsys)
+    assert code == 2
+    assert "line 1 looks like a header ('identifier', 'vorname', 'nachname', 'mail')" in err
+    assert "id or student_id" in err and "email or e_mail" in err
+    assert "not an e-mail address" not in err
+    assert "hanna" not in _students(course_dir)
+
+
+def test_a_semicolon_separated_export_is_read_and_said_so(course_dir, capsys):
+    """A spreadsheet's ';'-separated export (decimal-comma locales): sniffed, loaded, named."""
+    text = "id;first_name;last_name;email\nivan;Ivan;Ilyich;ivan@example.org\n"
+    code, out, err = _load(course_dir, text, capsys)
+    assert code == 0, err
+    assert "read the file as ';'-separated" in err
+    assert _students(course_dir)["ivan"] == ("Ivan", "Ilyich", "ivan@example.org")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_byte_order_mark_is_skipped_and_said_so(encoding, course_dir, capsys):
+    """A UTF-8 file with a BOM and a spreadsheet's UTF-16 "Unicode text" both load, and the
+    output names the byte-order mark."""
+    path = course_dir / "roster.csv"
+    path.write_text("id,first_name,email\njudit,Judit,judit@example.org\n", encoding=encoding)
+    code = roster.main([str(path), "--root", str(course_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "byte-order mark" in err
+    assert _students(course_dir)["judit"] == ("Judit", None, "judit@example.org")
+
+
 BAD = ("id,first_name,last_name,email\n"   # line 1
        "ok1,Ok,One,ok1@example.org\n"      # line 2: good
        ",Nobody,Without-Id,n@example.org\n"  # line 3: missing id
