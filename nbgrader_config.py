@@ -11,6 +11,7 @@ A test or a script can point the same configuration at another folder by
 setting ``DPM_COURSE_ROOT``.
 """
 
+import logging
 import os
 import sys
 
@@ -50,6 +51,18 @@ from nbgrader.preprocessors import GetGrades  # noqa: E402
 # pages keep nbgrader's templates while its "generate feedback" button gets ours.
 from course.feedback import TEMPLATES, FeedbackExporter, ManualGradingStatus  # noqa: E402
 
+class _QuietFeedback(logging.Filter):
+    """Drops nbconvert's "Making directory .../mathjax/..." lines (about 100 per run) and its
+    note on plots without alternative text (one per student; nothing an instructor can do)."""
+
+    def filter(self, record):
+        mathjax = record.msg == "Making directory %s" and "mathjax" in str(record.args)
+        return not (mathjax or str(record.msg).startswith("Alternative text is missing"))
+
+
+# nbconvert's FilesWriter logs through the running app's logger, named after its class
+logging.getLogger("GenerateFeedbackApp").addFilter(_QuietFeedback())
+
 c.GenerateFeedback.preprocessors = [GetGrades, ManualGradingStatus, HideHiddenTests,
                                     CSSHTMLHeaderPreprocessor]
 c.GenerateFeedback.exporter_class = FeedbackExporter
@@ -65,3 +78,11 @@ c.Autograde.autograde_preprocessors = autograde_preprocessors()
 # (RestoreTestCells: after its self-check cell, which nbgrader's OverwriteCells cannot place)
 c.Autograde.sanitize_preprocessors = sanitize_preprocessors()
 c.OverwriteCells.add_missing_cells = True
+
+# nbgrader's tools write into the course, not the working folder: `nbgrader export` (no --to)
+# writes course/grades.csv; the exchange (release_assignment / collect, and the assignment list
+# that JupyterLab's nbgrader extension polls) is course/exchange, made here, so no command warns
+# about an unwritable /usr/local/share/nbgrader/exchange
+c.CsvExportPlugin.to = os.path.join(ROOT, "course", "grades.csv")
+c.Exchange.root = os.path.join(ROOT, "course", "exchange")
+os.makedirs(c.Exchange.root, exist_ok=True)

@@ -25,7 +25,7 @@ from nbconvert.exporters import HTMLExporter
 from nbgrader import utils
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import NbGraderPreprocessor
-from traitlets import Unicode
+from traitlets import List, Unicode
 
 __all__ = ["ScoreSummary", "ManualGradingStatus", "FeedbackExporter", "TEMPLATES",
            "MATHJAX_FILES"]
@@ -96,6 +96,11 @@ class ManualGradingStatus(NbGraderPreprocessor):
     nbgrader metadata of every graded or task cell, and ``resources["nbgrader"]["summary"]``
     (a :class:`ScoreSummary`) and ``["score_line"]`` for the template.
     """
+
+    # nbconvert's HTML exporter configures every preprocessor's display_data_priority; nbgrader's
+    # base class declares it not configurable, so traitlets warned once per run (GetGrades does this too)
+    display_data_priority = List(NbGraderPreprocessor.display_data_priority.default_value,
+                                 config=True)
 
     def preprocess(self, nb, resources):
         info = resources["nbgrader"]

@@ -30,7 +30,7 @@ from nbformat.v4 import new_code_cell as nbformat_new_code_cell
 from nbformat.v4 import new_output
 from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
-from traitlets import Bool, Integer, Unicode
+from traitlets import Bool, Integer, List, Unicode
 
 from course.guard import GUARD_NAME, GuardSession, scan_source
 from course.judges import JUDGED, judge_for, run_judge
@@ -54,6 +54,11 @@ class HideHiddenTests(NbGraderPreprocessor):
     comment, and an error output keeps only its exception type and message (our
     test messages name the likely mistake), not the lines that raised it.
     """
+
+    # nbconvert's HTML exporter configures every preprocessor's display_data_priority; nbgrader's
+    # base class declares it not configurable, so traitlets warned once per run (GetGrades does this too)
+    display_data_priority = List(NbGraderPreprocessor.display_data_priority.default_value,
+                                 config=True)
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code" and BEGIN in cell.source:

@@ -239,3 +239,25 @@ def _screenshot(page) -> None:
     }}""")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_generating_feedback_is_quiet(course):
+    """Does ``nbgrader generate_feedback``, as an instructor types it (default log level),
+    print what it did without one line per MathJax folder and without a warning?"""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DPM_COURSE_ROOT=str(course["root"]),
+               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    env.pop("NBGRADER_EXECUTION", None)
+    shutil.rmtree(course["root"] / "course" / "feedback")  # a first run: nothing to replace
+    run = subprocess.run([sys.executable, "-m", "nbgrader", "generate_feedback", "vae_basics"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert not [line for line in output.splitlines() if "Making directory" in line
+                and "mathjax" in line], output
+    assert "WARNING" not in output, output
+    assert len(output.splitlines()) < 20, output
+    assert (course["root"] / "course" / "feedback" / STUDENT / "vae_basics" / "mathjax").is_dir()
