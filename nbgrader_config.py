@@ -86,3 +86,11 @@ c.OverwriteCells.add_missing_cells = True
 c.CsvExportPlugin.to = os.path.join(ROOT, "course", "grades.csv")
 c.Exchange.root = os.path.join(ROOT, "course", "exchange")
 os.makedirs(c.Exchange.root, exist_ok=True)
+
+# submissions downloaded from an LMS: `nbgrader zip_collect NAME` unpacks the zips put in
+# course/downloaded/NAME/archive/ into course/downloaded/NAME/extracted/ and copies each notebook
+# to course/submitted/<id>/NAME/; course/lms.py reads Canvas's, Moodle's and Blackboard's file
+# names and matches the names in them to the roster's students (nbgrader's own collector needs a
+# regular expression with the student id in the file name, which Canvas and Moodle do not have)
+c.ZipCollectApp.downloaded_directory = os.path.join("course", "downloaded")
+c.ZipCollectApp.collector_plugin = "course.lms.LMSCollector"
