@@ -368,9 +368,8 @@ def test_a_judged_assignment_s_kernel_has_none_of_its_references(assignment, tmp
     paths = [p for a, _, _, p in REFERENCES if a == assignment]
     assert paths
     probe = "\n".join(
-        ["import importlib, inspect, sys", "failed = []"]
-        + [f"m = importlib.import_module({p.rsplit('.', 1)[0]!r})\n"
-           f"f = getattr(m, {p.rsplit('.', 1)[1]!r})\n"
+        ["import importlib, inspect, sys", "from course.exercises import resolve", "failed = []"]
+        + [f"f = resolve({p!r})\n"
            # a class: each function it defines (an inherited __init__ is not the exercise)
            f"for g in ([v for v in vars(f).values() if inspect.isfunction(v)]\n"
            f"          if inspect.isclass(f) else [f]):\n"
