@@ -341,12 +341,6 @@ def format_summary(results: list[Result], assignments: list[dict]) -> str:
                      f"grader failed (status [error]: not the students' doing); fix the cause "
                      f"shown above and grade them again: --students "
                      + " ".join(sorted({r.student for r in errors})))
-    review = [r for r in results if r.status == "needs review"]
-    if review:
-        lines.append(f"\n{len(review)} submissions NEED REVIEW: the grading guard found the "
-                     f"grading machinery tampered with, and gave them 0 autograded points; the "
-                     f"reason is above and in their feedback: "
-                     + ", ".join(sorted(f"{r.student} ({r.assignment})" for r in review)))
     return "\n".join(lines)
 
 

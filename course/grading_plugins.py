@@ -5,10 +5,9 @@
 * :class:`BoundedExecute`: nbgrader's ``Execute`` with a time budget per notebook, a cap on
   the output kept per cell, and a kernel that dies (memory cap, crash, ``os._exit``) or
   will not stop costing only the cells that did not run, with the reason written down.
-  In a judged assignment (``course.judges``) a graded test cell's code is not run: its judge
-  runs here, in the grading process, talks to the probe in the kernel through plain data,
-  and writes the cell's outputs itself; in the others a test cell earns its points only with
-  the grading guard's pass token (``course.guard``);
+  A graded test cell's code is not run: its judge (``course.judges``) runs here, in the
+  grading process, talks to the probe in the kernel through plain data, and writes the
+  cell's outputs itself; a test cell without a judge scores 0;
 * :class:`RestoreTestCells`: nbgrader's ``OverwriteCells``, whose restored test cells find
   their place after a self-check cell too.
 """
@@ -19,7 +18,6 @@ import json
 import re
 import secrets
 import time
-from pathlib import Path
 
 import zmq
 
@@ -30,10 +28,9 @@ from nbformat.v4 import new_code_cell as nbformat_new_code_cell
 from nbformat.v4 import new_output
 from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
-from traitlets import Bool, Integer, List, Unicode
+from traitlets import Integer, List, Unicode
 
-from course.guard import GUARD_NAME, GuardSession, scan_source
-from course.judges import JUDGED, judge_for, run_judge
+from course.judges import judge_for, run_judge
 from course.judges._common import Probe
 from course.sandbox import MemoryCap, gib
 from dpm_probe.runtime import MIME as PROBE_MIME
@@ -143,25 +140,17 @@ class BoundedExecute(Execute):
       before keep their outputs, so their points. nbgrader alone loses the notebook.
     * What one cell may print is capped at ``max_output_bytes`` as it arrives, so a
       50 MB print cannot make a 50 MB feedback page or fill the grader's memory.
-    * In a judged assignment, each graded test cell is graded by its judge
-      (:meth:`_judge_cell`; a test cell without a judge scores 0 with the reason, as its
-      outputs would come from the kernel): the cell's code is not sent to the kernel; the
-      judge's requests are, each as a cell of its own (:class:`_KernelProbe`), and the
-      judge's verdict becomes the cell's outputs (a line when it passes, an
-      ``AssertionError`` naming the mistake otherwise). A missing, malformed or oversized probe reply fails the cell with a reason;
-      the probe's other outputs are dropped. The own-work scan of the solution cells
-      (``course.own_work``) still applies; the guard and its scan do not (nothing the kernel
-      does can change a judge's verdict).
-    * Elsewhere, with ``guard`` (the default), the grading guard (``course.guard``) is
-      installed in the kernel before the first cell, and each graded test cell keeps its
-      points only when the guard signs a pass token for it; a cell without one gets an
-      error output, and an ``execute_result`` never counts as partial credit. When the
-      guard reports a change to
-      the grading machinery, or the static scan finds code in a student's cell that reaches
-      into the kernel, every test cell of the notebook scores 0 and the reason is reported.
+    * Each graded test cell is graded by its judge (:meth:`_judge_cell`; a test cell without
+      a judge scores 0 with the reason, as its outputs would come from the kernel): the
+      cell's code is not sent to the kernel; the judge's requests are, each as a cell of its
+      own (:class:`_KernelProbe`), and the judge's verdict becomes the cell's outputs (a line
+      when it passes, an ``AssertionError`` naming the mistake otherwise). A missing,
+      malformed or oversized probe reply fails the cell with a reason; the probe's other
+      outputs are dropped. Nothing the kernel does can change a judge's verdict; the
+      own-work scan of the solution cells (``course.own_work``) reads the source handed in.
     * The reason, if any, is written as JSON to ``report_file``: ``stopped`` (why the
-      student's notebook stopped early), ``grader_error`` (the kernel or the guard did not
-      even start: not the student's doing) and ``tampered`` (what the guard or the scan found).
+      student's notebook stopped early) and ``grader_error`` (the kernel did not even start:
+      not the student's doing).
     """
 
     notebook_timeout = Integer(0, help="seconds for the whole notebook (0: no limit)").tag(config=True)
@@ -171,51 +160,32 @@ class BoundedExecute(Execute):
     memory_cgroup = Unicode("", help="the submission's memory cgroup, to tell an OOM kill").tag(config=True)
     memory_limit = Integer(0, help="the memory cap in bytes, for the messages").tag(config=True)
     report_file = Unicode("", help="where to write why execution stopped (JSON)").tag(config=True)
-    guard = Bool(True, help="score test cells by the grading guard's pass tokens").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         assignment = (resources or {}).get("nbgrader", {}).get("assignment", "")
         self._assignment = assignment
-        if assignment in JUDGED:
-            # the verdicts are reached outside the kernel: nothing in it needs guarding
-            self.guard = False
         self._probing = False
         self._cell_timeout = self.timeout
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout else None
         self._stopped = ""
         self._output_sizes = {}
         self._started = False
-        self._session = None
-        self._expressions = {}
-        self._last_reply = None
-        self._tampered = _scan_student_cells(nb) if self.guard else []
         self._own_work = _scan_own_work(nb, assignment)
-        self._last_code = max((i for i, c in enumerate(nb.cells) if c.cell_type == "code"),
-                              default=-1)
         grader_error = ""
         try:
-            nb, resources = super().preprocess(nb, resources, km)
-            if self._tampered:
-                _zero_test_cells(nb, "Tampered", "this notebook was not graded: "
-                                 + "; ".join(self._tampered))
-            return nb, resources
+            return super().preprocess(nb, resources, km)
         except Exception as err:
             if not self._started:  # no student code has run: the grader's fault, not theirs
                 grader_error = f"the kernel did not start ({type(err).__name__}: {err})"
             raise
         finally:
             self.timeout = self._cell_timeout
-            if self._session:
-                self._session.remove_key_file()
             if self.report_file:
                 with open(self.report_file, "w") as f:
-                    json.dump({"stopped": self._stopped, "grader_error": grader_error,
-                               "tampered": self._tampered}, f)
+                    json.dump({"stopped": self._stopped, "grader_error": grader_error}, f)
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code" or not cell.source.strip():
-            if index == self._last_code:
-                self._final_check()
             return cell, resources
         if not self._stopped and self._deadline is not None:
             left = self._deadline - time.monotonic()
@@ -228,21 +198,15 @@ class BoundedExecute(Execute):
             cell.outputs = [self._error("NotRun", f"not run: {self._stopped}")] \
                 if utils.is_grade(cell) else []
             return cell, resources
-        if self.guard and self._session is None:
-            self._install_guard(resources)
         self._started = True
         test_cell = utils.is_grade(cell) and not utils.is_solution(cell)
         judge = judge_for(self._assignment, cell.metadata.nbgrader.grade_id) if test_cell else None
-        if test_cell and judge is None and self._assignment in JUDGED:
-            # its outputs would come from the kernel, which nothing guards here: no points
+        if test_cell and judge is None:
+            # its outputs would come from the kernel, where the student's code decides: no points
             cell.outputs = [self._error("NoJudge", f"the test cell "
                                                    f"{cell.metadata.nbgrader.grade_id} has no "
                                                    f"judge: tell your instructor")]
             return cell, resources
-        graded = self.guard and test_cell and judge is None  # scored by the guard's token
-        self._expressions = {"token": self._session.expression(cell.metadata.nbgrader.grade_id)} \
-            if graded else {}
-        self._last_reply = None
         started = time.monotonic()
         try:
             if judge is not None:
@@ -260,18 +224,12 @@ class BoundedExecute(Execute):
                 self._stopped = (f"a cell ran longer than {self.timeout} s and did not stop when "
                                  f"interrupted; the kernel was shut down")
             self._shut_down_kernel()
-        finally:
-            self._expressions = {}
         if self._stopped:
             cell.outputs.append(self._error("KernelDied", self._stopped))
             return cell, resources
-        if graded:
-            self._score_by_token(cell)
-        if (graded or judge is not None) and cell.metadata.nbgrader.grade_id in self._own_work:
+        if judge is not None and cell.metadata.nbgrader.grade_id in self._own_work:
             cell.outputs.append(self._error("OwnWork",
                                             self._own_work[cell.metadata.nbgrader.grade_id]))
-        if index == self._last_code:
-            self._final_check()
         return cell, resources
 
     async def async_start_new_kernel_client(self):
@@ -295,10 +253,6 @@ class BoundedExecute(Execute):
 
     # nbclient binds its own coroutine here; nbconvert's preprocess starts the client this way
     start_new_kernel_client = run_sync(async_start_new_kernel_client)
-
-    def on_cell_executed(self, **kwargs):
-        super().on_cell_executed(**kwargs)
-        self._last_reply = kwargs["execute_reply"]["content"]
 
     # -- the judges ---------------------------------------------------------------------------
 
@@ -335,57 +289,6 @@ class BoundedExecute(Execute):
             self._probing = False
             self.nb.cells[index] = graded_cell  # nbclient puts the cell it ran in its place
         return probe_cell.outputs
-
-    # -- the guard --------------------------------------------------------------------------
-
-    def _install_guard(self, resources) -> None:
-        """Install the guard in the kernel, before any student code: a silent request that
-        leaves no history; the kernel reads and deletes the key file."""
-        workdir = Path(resources.get("metadata", {}).get("path") or ".")
-        self._session = GuardSession(workdir)
-        trusted = [c.source for c in self.nb.cells if c.cell_type == "code" and utils.is_locked(c)]
-        code = self._session.install_code(trusted)
-        execute = self.kc.execute
-        self.kc.execute = lambda source, **kw: execute(
-            source, **dict(kw, user_expressions=self._expressions))
-        msg_id = execute(code, silent=True, store_history=False,
-                         user_expressions={"ok": f"{GUARD_NAME} is not None"})
-        reply = run_sync(self.async_wait_for_reply)(msg_id)
-        content = (reply or {}).get("content", {})
-        if content.get("status") != "ok" or "ok" not in content.get("user_expressions", {}):
-            raise RuntimeError(f"the grading guard could not be installed: "
-                               f"{content.get('ename', '')} {content.get('evalue', '')}".strip())
-
-    def _score_by_token(self, cell) -> None:
-        grade_id = cell.metadata.nbgrader.grade_id
-        status, reasons = self._session.verdict(grade_id, self._last_reply)
-        if status == "tampered":
-            self._tampered += [r for r in reasons if r not in self._tampered]
-        for output in cell.outputs:  # nbgrader would read a number here as partial credit
-            if output.output_type == "execute_result":
-                output.output_type = "display_data"
-                output.pop("execution_count", None)
-        if status == "none" and not any(o.output_type == "error" for o in cell.outputs):
-            cell.outputs.append(self._error(
-                "NoPassToken", "the hidden tests of this cell did not confirm a pass"))
-
-    def _final_check(self) -> None:
-        """Ask the guard, after the last cell, whether anything changed at any time."""
-        if not self.guard or self._session is None or self._stopped:
-            return
-        self._expressions = {"token": self._session.expression("<final>")}
-        try:
-            msg_id = self.kc.execute("", silent=True, store_history=False)
-            reply = run_sync(self.async_wait_for_reply)(msg_id)
-        except Exception as err:  # noqa: BLE001 -- a kernel gone now cannot confirm anything
-            reply = {"content": {"status": "error", "ename": type(err).__name__}}
-        finally:
-            self._expressions = {}
-        status, reasons = self._session.verdict("<final>", (reply or {}).get("content"))
-        if status == "none":
-            reasons = ["the grading guard could not confirm the notebook after its last cell"]
-        if status != "pass":
-            self._tampered += [r for r in reasons if r not in self._tampered]
 
     def output(self, outs, msg, display_id, cell_index):
         """Keep at most ``max_output_bytes`` of one cell's output, cut at arrival (a probe's
@@ -465,17 +368,6 @@ class _KernelProbe(Probe):
                                  "readable") from None
 
 
-def _scan_student_cells(nb) -> list[str]:
-    """What the static scan finds in the cells a student could edit (nbgrader restored the
-    others from the gradebook before this runs)."""
-    found = []
-    for number, cell in enumerate(nb.cells, 1):
-        if cell.cell_type == "code" and not utils.is_locked(cell):
-            name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {number}"
-            found += [f"{name}, {finding}" for finding in scan_source(cell.source)]
-    return found
-
-
 def _scan_own_work(nb, assignment: str) -> dict:
     """``{test cell id: message}`` for the exercises whose solution cell reaches dpm_core's
     reference of that exercise, or breaks a judged assignment's own source rule
@@ -492,13 +384,6 @@ def _scan_own_work(nb, assignment: str) -> dict:
         elif meta.get("grade") and current:
             found[meta["grade_id"]] = "no points for this exercise: " + "; ".join(current)
     return found
-
-
-def _zero_test_cells(nb, ename: str, message: str) -> None:
-    """Give every autograded test cell of ``nb`` one error output with ``message``."""
-    for cell in nb.cells:
-        if cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell):
-            cell.outputs = [BoundedExecute._error(ename, message)]
 
 
 def autograde_preprocessors() -> list:

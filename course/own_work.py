@@ -1,14 +1,14 @@
 """No credit for dpm_core's reference: which test cells grade which exercise, and a source scan.
 
-Two sides check that an exercise is the student's own work (``course/exercises.py`` lists,
-per solution cell, the dpm_core reference that answers each name it defines):
+``course/exercises.py`` lists, per solution cell, the dpm_core reference that answers each
+name it defines. Two things keep an exercise the student's own work:
 
-* in the kernel, ``_expect_own_work`` (``course/checks/_own_work.py``), which
-  ``python -m course.sync_checks`` writes before the check of every graded test cell of the
-  exercise (``exercise_answers`` tells it which references those are);
-* outside it, ``scan_solution``, which the grader runs on the source of each solution cell:
-  it finds imports and attribute chains that reach the exercise's reference, whatever the
-  kernel does at run time.
+* the kernels that grade an assignment import the student build of dpm_core
+  (``course.handout.student_package``), where those references raise: code that delegates to
+  one, in whatever form, reaches nothing;
+* ``scan_solution``, which the grader runs on the source of each solution cell (outside the
+  kernel): it finds imports and attribute chains that reach the exercise's reference, and
+  that exercise's test cells score nothing, with the reason.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import nbformat
 
 from course.exercises import EXERCISES, resolve
 
-__all__ = ["exercise_answers", "exercise_tests", "scan_solution"]
+__all__ = ["exercise_tests", "scan_solution"]
 
 REPO = Path(__file__).resolve().parent.parent
 #: attribute chains longer than this are not followed (dpm_core.ppca.PPCA.exact_posterior: 3)
@@ -53,16 +53,6 @@ def exercise_tests(assignment: str, repo_root: Path = REPO) -> dict:
     solution cell of the source notebook, up to the next one."""
     path = Path(repo_root) / "source" / assignment / f"{assignment}.ipynb"
     return _tests(path, path.stat().st_mtime)
-
-
-def exercise_answers(assignment: str, grade_id: str, repo_root: Path = REPO) -> dict:
-    """``{name: dotted path of dpm_core's reference}`` of the exercise that the graded test cell
-    ``grade_id`` grades (names without a reference left out; empty when there is none)."""
-    for cell, tests in exercise_tests(assignment, repo_root).items():
-        if grade_id in tests:
-            return {name: path for name, path in EXERCISES.get(assignment, {}).get(cell, {}).items()
-                    if path}
-    return {}
 
 
 def _code(source: str) -> str:

@@ -100,14 +100,14 @@ def generate_release(root: Path, assignments: list[dict]) -> None:
     """``source/<a>`` -> ``release/<a>`` for every assignment.
 
     Raises:
-        RuntimeError: a hidden region of ``root/source`` differs from its check in
-            ``course/checks`` (someone edited one of the two by hand).
+        RuntimeError: a hidden region of ``root/source`` differs from what
+            ``course.sync_checks`` generates (someone edited it by hand).
     """
     from course.sync_checks import out_of_sync
 
     stale = out_of_sync(root)
     if stale:
-        raise RuntimeError(f"hidden tests out of sync with course/checks in {', '.join(stale)}: "
+        raise RuntimeError(f"hidden regions out of sync with course/judges in {', '.join(stale)}: "
                            f"run `python -m course.sync_checks` and commit the notebooks")
     for a in assignments:
         nbgrader(["generate_assignment", a["name"], "--force"], root)

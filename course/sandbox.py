@@ -18,8 +18,7 @@ whose ``argv`` wraps ``ipykernel_launcher`` in Debian's ``bwrap`` (bubblewrap). 
   the autograded notebook, is never visible to the kernel: nothing the kernel writes (a
   file, a link) reaches what the grader writes or reads;
 * the only folder the kernel shares writable with the grader holds the kernel's ZeroMQ
-  ``ipc`` sockets; the grader writes nothing there but the grading guard's key file (which
-  the kernel reads and deletes, :class:`KernelFolder`) and reads no file from it;
+  ``ipc`` sockets; the grader writes nothing there and reads no file from it;
 * the repository, ``source/``, the gradebook and other students' work are not mounted at all;
 * a clean environment (``--clearenv``): the instructor's variables do not leak in.
 
@@ -65,7 +64,6 @@ __all__ = [
     "MemoryCap",
     "ProcessCap",
     "Sandbox",
-    "KernelFolder",
     "write_kernelspec",
     "package_folder",
     "python_folders",
@@ -384,45 +382,6 @@ class Sandbox:
         """A kernelspec ``argv``: the launcher, then bwrap, then ``ipykernel_launcher``."""
         kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
         return [*self.launcher_argv(), "--", *self.bwrap_argv(kernel, bwrap)]
-
-
-@dataclass(frozen=True)
-class KernelFolder:
-    """Start the sandboxed kernel from the sockets folder, which both sides see, instead of
-    the notebook's folder, which the kernel does not.
-
-    nbclient starts a kernel in ``resources["metadata"]["path"]``, the notebook's folder, and
-    the grading guard (``course.guard``) writes there the key file that the kernel reads and
-    deletes. In the sandbox that path is the kernel's private tmpfs (its cwd comes from
-    bwrap's ``--chdir``), so while nbgrader's Execute runs the path is ``folder``, the
-    sockets folder; the notebook's folder is put back for the steps after it.
-
-    Args:
-        folder: the sandbox's ``sockets_dir``.
-    """
-
-    folder: str
-
-    def around_execute(self, steps: list) -> list:
-        """nbgrader's autograde preprocessors with :meth:`enter` and :meth:`leave` around the
-        Execute step."""
-        from nbgrader.preprocessors import Execute
-
-        i = next(i for i, step in enumerate(steps)
-                 if isinstance(step, type) and issubclass(step, Execute))
-        return [*steps[:i], self.enter, steps[i], self.leave, *steps[i + 1:]]
-
-    def enter(self, nb, resources) -> tuple:
-        """Before Execute: the sockets folder as the notebook's path, the path kept aside."""
-        metadata = resources.setdefault("metadata", {})
-        resources["dpm_notebook_folder"] = metadata.get("path", "")
-        metadata["path"] = self.folder
-        return nb, resources
-
-    def leave(self, nb, resources) -> tuple:
-        """After Execute: the notebook's path back."""
-        resources.setdefault("metadata", {})["path"] = resources.pop("dpm_notebook_folder", "")
-        return nb, resources
 
 
 def _distinct_folders(paths) -> list[Path]:

@@ -36,8 +36,8 @@ from typing import Optional
 
 import nbformat
 
-from course.sandbox import KERNEL_NAME, KernelFolder, MemoryCap, ProcessCap, Sandbox, \
-    check_sandbox, gib, package_folder, python_folders, write_kernelspec
+from course.sandbox import KERNEL_NAME, MemoryCap, ProcessCap, Sandbox, \
+    check_sandbox, package_folder, python_folders, write_kernelspec
 
 __all__ = ["Limits", "Job", "Result", "grade_submission", "run_nbgrader", "GRADING_NOTE"]
 
@@ -104,10 +104,7 @@ class Result:
         reasons: why points were lost other than by failing tests, per notebook.
         status: "graded" (ran to the end), "stopped" (a limit or a crash ended a
             notebook early), "failed" (a notebook could not be graded at all; its cells
-            score 0), "needs review" (the grading guard found the grading machinery tampered
-            with: every autograded cell scores 0 until a person looks) or "error" (the grader
-            itself failed: not the student's fault).
-        tampered: whether the grading guard or its scan found tampering (the reasons say what).
+            score 0) or "error" (the grader itself failed: not the student's fault).
         notes: the reasons that cost nothing, per notebook (grading metadata restored): they
             are in ``reasons`` too, for the summary and the grading note.
         seconds, peak_memory: the wall time and the peak memory (bytes, 0 if unknown).
@@ -120,7 +117,6 @@ class Result:
     notebooks: dict = field(default_factory=dict)
     reasons: dict = field(default_factory=dict)
     status: str = "graded"
-    tampered: bool = False
     seconds: float = 0.0
     peak_memory: int = 0
     timestamp: Optional[str] = None
@@ -363,13 +359,7 @@ def _config(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap]) -> 
         f"c.KernelManager.connection_file = {str(scratch / 'runtime' / 'kernel.json')!r}",
     ]
     if limits.sandbox:
-        lines += [
-            f"c.BoundedExecute.kernel_name = {KERNEL_NAME!r}",
-            # the kernel's cwd is its own tmpfs: nbclient and the guard use the sockets folder
-            "from course.sandbox import KernelFolder",
-            f"c.Autograde.autograde_preprocessors = KernelFolder("
-            f"{str(scratch / 'sockets')!r}).around_execute(autograde_preprocessors())",
-        ]
+        lines.append(f"c.BoundedExecute.kernel_name = {KERNEL_NAME!r}")
     return "\n".join(lines) + "\n"
 
 
@@ -472,10 +462,6 @@ def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCa
             if report.get("grader_error"):
                 result.status = "error"
                 why = why or f"grading failed, not the student's doing: {report['grader_error']}"
-            elif report.get("tampered"):
-                result.tampered = True
-                why = ("needs review, 0 autograded points: the grading machinery was tampered "
-                       "with (" + "; ".join(report["tampered"]) + ")")
             elif report.get("stopped"):
                 why = why or report["stopped"]
             if returncode not in (0, None) and not why:
@@ -615,9 +601,7 @@ def _collect(scratch: Path, course: Path, job: Job, result: Result) -> None:
             notebook.cells.insert(0, nbformat.v4.new_markdown_cell(
                 f"{GRADING_NOTE} {reason}. Cells that did not pass score 0."))
         result.notebooks[nb] = nbformat.writes(notebook).encode()
-    if result.status != "error" and result.tampered:
-        result.status = "needs review"
-    elif result.status != "error" and any(why != result.notes.get(nb)
+    if result.status != "error" and any(why != result.notes.get(nb)
                                           for nb, why in result.reasons.items()):
         result.status = "failed" if ungraded else "stopped"  # a repair alone costs nothing
 

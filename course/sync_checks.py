@@ -1,16 +1,12 @@
-"""Write the hidden tests of ``course/checks/<assignment>.py`` into the source notebooks.
+"""Write the one-line hidden region of every graded test cell into the source notebooks.
 
-Each graded test cell listed in a checks module's ``CHECKS`` gets, between its
-``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` lines, generated code that stands on
-its own (at grading time the kernel runs in a sandbox that cannot import this repository):
-a comment naming the module to edit, the imports the check needs, the source of every helper
-it uses (from the module itself or from ``course/checks/_common.py``, found by name,
-transitively), the check function, and the call ``check_<name>(globals())``. In the cells
-of an exercise that ``course/exercises.py`` gives dpm_core references for, the own-work check
-``_expect_own_work(globals(), {name: reference})`` of ``course/checks/_own_work.py`` (with its
-helpers) runs first, so that an answer taken from dpm_core scores nothing. The rest of the
-cell (a comment: the self-checks that students run live in the locked cell before it) is left
-as it is.
+Every graded test cell's verdict is reached outside the kernel, by its judge in
+``course/judges/<assignment>.py`` (``JUDGES[grade id]``). Its hidden region, between
+``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``, is generated here: a comment naming
+the judges module and ``grade("<grade id>")``, which judges the notebook's own namespace when
+the author runs the source notebook. Grading never runs that code (``course.grading_plugins``
+runs the judge instead). The rest of the cell (a comment: the self-checks that students run
+live in the locked cell before it) is left as it is.
 
 Usage, from the repository root::
 
@@ -22,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -36,127 +30,17 @@ __all__ = ["BEGIN", "END", "hidden_code", "out_of_sync", "sync"]
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-COMMON = "_common"
-OWN_WORK = "_own_work"
-
-
-def _module_source(name: str) -> tuple[str, ast.Module]:
-    text = (REPO / "course" / "checks" / f"{name}.py").read_text()
-    return text, _parse(text)
-
-
-@functools.lru_cache(maxsize=16)
-def _parse(text: str) -> ast.Module:
-    # every cell of an assignment needs the same two modules parsed; keyed on the text, so an
-    # edited module is parsed again
-    return ast.parse(text)
-
-
-def _definitions(text: str, tree: ast.Module) -> dict:
-    """``{name: source}`` of the module's top-level functions, classes and assignments, in order."""
-    defs = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-            lines = text.splitlines()[start - 1:node.end_lineno]
-            defs[node.name] = "\n".join(lines)
-        elif isinstance(node, ast.Assign):
-            names = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
-            for name in names:
-                if name not in ("__all__", "CHECKS"):
-                    defs[name] = _with_comments(text, node)
-    return defs
-
-
-def _with_comments(text: str, node: ast.stmt) -> str:
-    """The statement's source with the comment lines right above it (a constant's doc comment)."""
-    lines = text.splitlines()
-    start = node.lineno - 1
-    while start > 0 and lines[start - 1].startswith("#"):
-        start -= 1
-    return "\n".join(lines[start:node.end_lineno])
-
-
-def _imports(tree: ast.Module) -> list[tuple]:
-    """``(module or None, name, asname)`` of the module's imports, leaving out the checks' own."""
-    found = []
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            found += [(None, a.name, a.asname) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module not in ("__future__",) \
-                and not node.module.startswith("course"):
-            found += [(node.module, a.name, a.asname) for a in node.names]
-    return found
-
-
-def _loaded_names(source: str) -> set:
-    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
-
-
-def _import_lines(imports: list[tuple]) -> list[str]:
-    """Import statements, one per module, the standard library first, then torch, then the rest."""
-    by_module: dict = {}
-    for module, name, asname in imports:
-        alias = f"{name} as {asname}" if asname else name
-        key = (module, None) if module else (name.split(".")[0], alias)
-        by_module.setdefault(key, [])
-        if alias not in by_module[key]:
-            by_module[key].append(alias)
-
-    def order(key):
-        top = key[0].split(".")[0]
-        return (0 if top in sys.stdlib_module_names else 1 if top == "torch" else 2,
-                key[0], key[1] is None, key[1] or "")
-
-    return [f"import {key[1]}" if key[1] else f"from {key[0]} import {', '.join(names)}"
-            for key, names in sorted(by_module.items(), key=lambda item: order(item[0]))]
 
 
 def hidden_code(assignment: str, grade_id: str) -> str:
     """The generated hidden region (without its BEGIN and END lines) of one graded cell.
 
-    A judged assignment's region is one call: grading runs the judge outside the kernel and
-    never this code; an author's run of the source notebook judges its own namespace.
+    Raises:
+        KeyError: the cell has no judge.
     """
-    if assignment in JUDGED:
-        judges(assignment)[grade_id]  # a KeyError names a cell without a judge
-        return (f"# judged outside the kernel by course/judges/{assignment}.py\n"
-                f"from course.judges import grade\ngrade({grade_id!r})")
-    from course.own_work import exercise_answers  # imports nbformat; only the sync needs it
-
-    module = importlib.import_module(f"course.checks.{assignment}")
-    check = module.CHECKS[grade_id]
-    answers = exercise_answers(assignment, grade_id)
-    own_text, own_tree = _module_source(assignment)
-    common_text, common_tree = _module_source(COMMON)
-    work_text, work_tree = _module_source(OWN_WORK)
-    own, common = _definitions(own_text, own_tree), _definitions(common_text, common_tree)
-    work = _definitions(work_text, work_tree) if answers else {}
-    # a name the module defines itself wins over a shared helper of the same name
-    pool = {**{n: (OWN_WORK, s) for n, s in work.items()}, **{n: (COMMON, s) for n, s in common.items()},
-            **{n: (assignment, s) for n, s in own.items()}}
-    needed, todo = set(), [check.__name__] + (["_expect_own_work"] if answers else [])
-    while todo:
-        name = todo.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        todo += [n for n in _loaded_names(pool[name][1]) if n in pool and n not in needed]
-    ordered = [n for n in work if n in needed and pool[n][0] == OWN_WORK]
-    ordered += [n for n in common if n in needed and pool[n][0] == COMMON]
-    ordered += [n for n in own if n in needed and n != check.__name__] + [check.__name__]
-    used = set().union(*(_loaded_names(pool[n][1]) for n in ordered))
-    imports = [(m, name, asname) for m, name, asname
-               in _imports(own_tree) + _imports(common_tree) + (_imports(work_tree) if work else [])
-               if (asname or name.split(".")[0]) in used]
-    parts = [f"# Generated from course/checks/{assignment}.py by `python -m course.sync_checks`: "
-             f"edit the check there, not here.\n" + "\n".join(_import_lines(imports))]
-    parts += list(dict.fromkeys(pool[n][1] for n in ordered))
-    if answers:  # an answer taken from dpm_core fails here, before the check grades it
-        parts.append(f"_expect_own_work(globals(), {answers!r})\n{check.__name__}(globals())")
-    else:
-        parts.append(f"{check.__name__}(globals())")
-    return "\n\n\n".join(parts)
+    judges(assignment)[grade_id]  # a KeyError names a cell without a judge
+    return (f"# judged outside the kernel by course/judges/{assignment}.py\n"
+            f"from course.judges import grade\ngrade({grade_id!r})")
 
 
 def _bindings(source: str) -> dict:
@@ -209,44 +93,40 @@ def _replace_region(source: str, code: str) -> str:
 
 
 def _assignments(repo_root: Path, names: list[str] | None) -> list[str]:
-    """The assignments to sync: those named (all of the course by default) that have checks."""
+    """The assignments to sync: those named (all of the course by default) that have judges."""
     with open(REPO / "course" / "assignments.json") as f:
         course = [a["name"] for a in json.load(f)["assignments"]]
     for name in names or []:
         if name not in course:
             raise ValueError(f"assignment must be one of {course}, got {name!r}")
     return [a for a in (names or course)
-            if ((REPO / "course" / "checks" / f"{a}.py").exists() or a in JUDGED)
-            and (repo_root / "source" / a / f"{a}.ipynb").exists()]
+            if a in JUDGED and (repo_root / "source" / a / f"{a}.ipynb").exists()]
 
 
 def sync(repo_root: Path = REPO, assignments: list[str] | None = None,
          write: bool = True) -> list[str]:
-    """Bring the hidden regions of ``repo_root/source`` in line with the checks modules.
+    """Bring the hidden regions of ``repo_root/source`` in line with the judges modules.
 
     Args:
-        repo_root: the folder holding ``source/`` (the checks always come from this repository).
-        assignments: the assignments to sync (default: every one that has a checks module).
+        repo_root: the folder holding ``source/`` (the judges always come from this repository).
+        assignments: the assignments to sync (default: every one that has a judges module).
         write: rewrite the notebooks that differ; False only reports.
 
     Returns:
         ``"<assignment>:<grade id>"`` of every cell whose hidden region differed.
 
     Raises:
-        ValueError: an unknown assignment, a grade id of ``CHECKS`` missing from its notebook,
+        ValueError: an unknown assignment, a grade id of ``JUDGES`` missing from its notebook,
             or generated code that would rebind a name the notebook defines.
     """
     repo_root = Path(repo_root)
-    if str(REPO) not in sys.path:  # the checks are imported as course.checks.<assignment>
-        sys.path.insert(0, str(REPO))
     differ = []
     for assignment in _assignments(repo_root, assignments):
         path = repo_root / "source" / assignment / f"{assignment}.ipynb"
         nb = nbformat.read(path, as_version=4)
         cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells
                  if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
-        graded = judges(assignment) if assignment in JUDGED else \
-            importlib.import_module(f"course.checks.{assignment}").CHECKS
+        graded = judges(assignment)
         changed, own = False, _notebook_bindings(nb)
         for grade_id in graded:
             if grade_id not in cells or BEGIN not in cells[grade_id].source:
@@ -254,9 +134,9 @@ def sync(repo_root: Path = REPO, assignments: list[str] | None = None,
             cell = cells[grade_id]
             code = hidden_code(assignment, grade_id)
             clashes = _clashes(own, code)
-            if clashes:  # the notebook's later cells would see the check's objects instead
+            if clashes:  # the notebook's later cells would see the grader's objects instead
                 raise ValueError(f"the hidden code of {assignment}:{grade_id} rebinds the notebook's "
-                                 f"{clashes}: rename them in course/checks")
+                                 f"{clashes}: rename them in the notebook")
             new = _replace_region(cell.source, code)
             if new != cell.source:
                 differ.append(f"{assignment}:{grade_id}")
@@ -269,7 +149,7 @@ def sync(repo_root: Path = REPO, assignments: list[str] | None = None,
 
 def out_of_sync(repo_root: Path = REPO) -> list[str]:
     """``"<assignment>:<grade id>"`` of every hidden region under ``repo_root/source`` that
-    differs from what the checks modules generate; writes nothing."""
+    differs from what is generated for the judges; writes nothing."""
     return sync(repo_root, write=False)
 
 
@@ -283,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell in differ:
         print(f"{'out of sync' if args.check else 'rewrote'}: {cell}")
     if args.check and differ:
-        print("run `python -m course.sync_checks` to write the checks into the notebooks")
+        print("run `python -m course.sync_checks` to write the hidden regions into the notebooks")
         return 1
     return 0
 

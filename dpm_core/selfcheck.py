@@ -170,13 +170,13 @@ def run_in_namespace(items: Sequence[Item], namespace: dict) -> list[Outcome]:
     """Run each item's self-checks in ``namespace`` (a kernel's user namespace), quietly.
 
     What a self-check prints is dropped; the first error of each item becomes its message.
-    Written answers are reported from the notebook as it was read. The checks count as the
-    calling cell's code (for the grading guard), and nothing runs while nbgrader grades.
+    Written answers are reported from the notebook as it was read. The checks are compiled
+    as the calling cell's code (a traceback names that cell), and nothing runs while nbgrader
+    grades.
     """
     if grading_mode():
         raise RuntimeError("self-checks do not run while the notebook is graded")
-    # the checks are compiled as the calling cell's own code: whatever they do is that cell's
-    # doing for the grading guard's audit hook, which judges code by the file it comes from
+    # the checks are compiled as the calling cell's own code, so a traceback points at the cell
     origin = _caller_file()
     outcomes = []
     for item in items:

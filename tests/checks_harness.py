@@ -43,19 +43,15 @@ CONTEXT_CELLS = {
 }
 #: given cells that only the self-check cells need (the checks do not)
 SELF_CHECK_CONTEXT_CELLS = {"importance_sampling": ["data"]}
-#: the assignments whose hidden tests are code: judges (course/judges) or checks modules
-ASSIGNMENTS = [a for a in CONTEXT_CELLS
-               if a in JUDGED or (REPO / "course" / "checks" / f"{a}.py").exists()]
+#: the assignments whose hidden tests are code: their judges (course/judges)
+ASSIGNMENTS = [a for a in CONTEXT_CELLS if a in JUDGED]
 
 
 def checks(assignment: str) -> dict:
-    """``{grade id: check(ns)}``: the ``CHECKS`` registry of ``course/checks/<assignment>.py``,
-    or for a judged assignment its judges, each run through the probe on ``ns`` in this
-    process (:class:`course.judges.LocalProbe`, the same wire format as grading) with a seed
-    drawn from torch's global generator."""
-    if assignment in JUDGED:
-        return {grade_id: _local(judge) for grade_id, judge in judges(assignment).items()}
-    return importlib.import_module(f"course.checks.{assignment}").CHECKS
+    """``{grade id: check(ns)}``: the assignment's judges, each run through the probe on ``ns``
+    in this process (:class:`course.judges.LocalProbe`, the same wire format as grading) with
+    a seed drawn from torch's global generator."""
+    return {grade_id: _local(judge) for grade_id, judge in judges(assignment).items()}
 
 
 @functools.lru_cache(maxsize=None)

@@ -54,7 +54,7 @@ def test_no_submissions_is_refused_with_where_to_put_them(tmp_path, capsys):
 
 def test_the_exit_status_counts_submissions_the_grader_failed_on():
     graded = Result("vae_basics", "alice")
-    flagged = Result("vae_basics", "bob", status="needs review")
+    flagged = Result("vae_basics", "bob", status="stopped", reasons={"vae_basics": "out of time"})
     failed = Result("vae_basics", "carol", status="error", reasons={"(grader)": "worker died"})
     assert grade.exit_status([graded, flagged]) == 0
     assert grade.exit_status([graded, failed]) == 1
