@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # slowed training down 50-fold (dpm_core/threads.py, benchmarks/training_throughput.py)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: main test setup pipeline reference lab roster sync-checks handout solutions
+.PHONY: main test setup pipeline reference lab roster sync-checks handout solutions report
 
 setup:
 	@bash scripts/setup.sh
@@ -24,7 +24,7 @@ test:
 pipeline: setup
 	$(PY) -m course.pipeline
 
-## sync-checks: write course/checks/<assignment>.py into the hidden regions of source/
+## sync-checks: write the one-line hidden region (grade("<id>"): judged by course/judges) of every graded cell of source/
 sync-checks:
 	$(PY) -m course.sync_checks
 
@@ -53,3 +53,9 @@ handout: setup
 solutions: setup
 	@test -n "$(RELEASE)" || { echo 'name the released assignments: make solutions RELEASE="vae_basics"'; exit 2; }
 	$(PY) -m course.handout $(OUT) --release $(RELEASE) $(if $(OPEN),--open $(OPEN)) $(ARGS)
+
+## report: the class report of a graded assignment: make report A=vae_basics [ARGS="--root DIR --out DIR"]
+##         (course/reports/<A>/index.html: points, named mistakes, review, time and memory, similar code)
+report: setup
+	@test -n "$(A)" || { echo 'name the assignment: make report A=vae_basics'; exit 2; }
+	$(PY) -m course.report "$(A)" $(ARGS)

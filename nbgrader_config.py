@@ -84,6 +84,9 @@ c.OverwriteCells.add_missing_cells = True
 # that JupyterLab's nbgrader extension polls) is course/exchange, made here, so no command warns
 # about an unwritable /usr/local/share/nbgrader/exchange
 c.CsvExportPlugin.to = os.path.join(ROOT, "course", "grades.csv")
+# the grader's record of each submission (course/merge.py: status, reasons, time, memory) stays
+# with the instructor: generate_feedback copies every other file of the autograded folder
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "grading.json"]
 c.Exchange.root = os.path.join(ROOT, "course", "exchange")
 os.makedirs(c.Exchange.root, exist_ok=True)
 

@@ -8,6 +8,7 @@ where nbgrader's formgrader, ``generate_feedback`` and ``export`` look for them.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import warnings
@@ -16,7 +17,11 @@ from pathlib import Path
 from nbgrader.api import Gradebook
 from sqlalchemy.exc import SAWarning
 
-__all__ = ["template_gradebook", "merge_result"]
+__all__ = ["GRADING_RECORD", "template_gradebook", "merge_result", "grading_record"]
+
+#: the file beside a submission's autograded notebooks that records what the grader found beyond
+#: the points (read by course.report)
+GRADING_RECORD = "grading.json"
 
 
 def template_gradebook(course_root: Path, assignment: str) -> bytes:
@@ -40,8 +45,9 @@ def merge_result(gb: Gradebook, result, autograded_dir: Path) -> None:
     """Record one result in the gradebook and write its autograded notebooks.
 
     ``autograded_dir`` is the course's ``autograded`` folder; the notebooks go to
-    ``<autograded_dir>/<student>/<assignment>/<notebook>.ipynb``, as nbgrader puts them.
-    A grade that a human already set by hand (``manual_score``) is kept, and flagged for
+    ``<autograded_dir>/<student>/<assignment>/<notebook>.ipynb``, as nbgrader puts them, with
+    :data:`GRADING_RECORD` beside them (:func:`grading_record`: what the gradebook has no place
+    for). A grade that a human already set by hand (``manual_score``) is kept, and flagged for
     review as nbgrader does when it re-grades.
     """
     gb.update_or_create_student(result.student)
@@ -69,3 +75,13 @@ def merge_result(gb: Gradebook, result, autograded_dir: Path) -> None:
             (folder / f"{name}.ipynb").write_bytes(data)
     if result.timestamp:
         (folder / "timestamp.txt").write_text(result.timestamp)
+    (folder / GRADING_RECORD).write_text(json.dumps(grading_record(result), indent=1) + "\n")
+
+
+def grading_record(result) -> dict:
+    """What :data:`GRADING_RECORD` holds of a result: its status, the reasons and the notes (per
+    notebook, see :class:`course.submission.Result`), the wall time in seconds and the peak
+    memory in bytes (0 when unknown)."""
+    return {"status": result.status, "reasons": dict(result.reasons),
+            "notes": dict(result.notes), "seconds": round(float(result.seconds), 3),
+            "peak_memory": int(result.peak_memory)}

@@ -171,7 +171,11 @@ class ContinuousImageModel(_ImageModel):
 
     The continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019) is the properly
     normalised density on [0, 1] that the Bernoulli likelihood of grey pixels
-    silently assumes. Arguments as for :class:`BinarizedImageModel`.
+    silently assumes.
+
+    Args:
+        num_channels, width, height, latent_size, decoder_type, p_drop: as for
+            :class:`BinarizedImageModel`.
     """
 
     def forward(self, z: Tensor) -> td.Distribution:

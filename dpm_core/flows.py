@@ -79,8 +79,9 @@ class AffineCoupling(td.transforms.Transform):
         validate_args: check that the mask holds only zeros and ones (a test on its
             values, which a GPU answers only after finishing its queued work).
 
-    The transform has ``event_dim`` 1: :meth:`log_abs_det_jacobian` returns
-    ``batch_shape``, one number per vector z.
+    Shapes:
+        z and y are ``batch_shape + [K]`` (the transform has ``event_dim`` 1), and
+        :meth:`log_abs_det_jacobian` returns ``batch_shape``, one number per vector z.
     """
 
     domain = constraints.independent(constraints.real, 1)
@@ -125,7 +126,10 @@ class AffineCoupling(td.transforms.Transform):
         return z
 
     def log_abs_det_jacobian(self, z: Tensor, y: Tensor) -> Tensor:
-        """log |det dy/dz| = sum_k s_k(m * z), shape ``batch_shape``."""
+        """log |det dy/dz| of each vector z, shape ``batch_shape``.
+
+        It is sum_k s_k(m * z), the log-scales of the transformed coordinates.
+        """
         if self._last is not None and z is self._last[0] and y is self._last[1]:
             log_scale = self._last[2]
         else:
@@ -235,8 +239,12 @@ class FlowCPDNet(CPDNet):
         self.couplings = nn.ModuleList(
             CouplingNet(K, coupling_size, max_log_scale=max_log_scale) for _ in range(num_layers))
         self.register_buffer("masks", coupling_masks(K, num_layers))  # [num_layers, K]
-        # the masks come from coupling_masks: no need to check their values at every call
-        self.coupling = coupling or partial(AffineCoupling, reuse_draws=True, validate_args=False)
+        if coupling is None:
+            # answer of dpm2_beyond/coupling-solution
+            # the masks come from coupling_masks: no need to check their values at every call
+            coupling = partial(AffineCoupling, reuse_draws=True, validate_args=False)
+            # end of answer
+        self.coupling = coupling
 
     def forward(self, inputs: Tensor) -> td.Distribution:
         """Return ``TransformedDistribution(Independent(Normal), [AffineCoupling] * L)`` with

@@ -266,7 +266,7 @@ class NVIL(nn.Module):
                 function), ``"reparam"``, ``"sfe"`` (score function even when
                 q has rsample, for comparisons) or ``"mixture"`` (score function
                 for the weights of a ``td.MixtureSameFamily`` q, pathwise for its
-                components; see above); ``None`` for the model's own (its
+                components); ``None`` for the model's own (its
                 ``estimator``).
 
         Returns:
@@ -292,7 +292,9 @@ class NVIL(nn.Module):
         pathwise = qz.has_rsample and estimator in ("auto", "reparam")
 
         if estimator == "mixture":
+            # answer of dpm2_beyond/mixture-rsample-solution
             z, score = _mixture_rsample(qz, torch.Size((S,)))  # [S, B, K], log w_c [S, B]
+            # end of answer
         else:
             z = qz.rsample((S,)) if pathwise else qz.sample((S,))  # [S, B, K]
         log_px_z = self.gen_model.obs_model(z).log_prob(x)  # [S, B]
@@ -317,9 +319,11 @@ class NVIL(nn.Module):
             reward = (log_px_z - rate_weight * rate) if kl is None else log_px_z  # [S, B]
             r, cv_loss = self.cv_model(reward.detach(), x=x, q=qz, r_fn=r_fn)
             if estimator == "mixture":
+                # answer of dpm2_beyond/mixture-surrogate-solution
                 # z is pathwise: autograd gives grad f(g_c(eps)) to lambda and theta; the
                 # weights also get (r - b) grad log w_c
                 surrogate = reward.mean(0) + (r.detach() * score).mean(0)
+                # end of answer
             else:
                 score = qz.log_prob(z)  # z was not reparameterised: lambda's only gradient
                 # theta gets grad log p(x|z) (+ beta grad log p(z) when the rate is sampled);

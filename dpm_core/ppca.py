@@ -1,11 +1,10 @@
 """Probabilistic PCA: a linear-Gaussian latent variable model with exact answers.
 
-p(z) = N(0, I_K) and p(x|z) = N(W z + b, sigma^2 I_D) give the marginal
-p(x) = N(b, W W^T + sigma^2 I) and the posterior
-p(z|x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1}) with M = W^T W + sigma^2 I
-(Tipping & Bishop, 1999). Everything that VI and importance sampling only
-estimate is available here in closed form, which makes PPCA the reference for
-checking those estimators.
+p(z) = N(0, I_K) and p(x|z) = N(W z + b, sigma^2 I_D) give a Gaussian marginal
+p(x) and a Gaussian posterior p(z|x) in closed form (Tipping & Bishop, 1999; the
+formulas are in :meth:`PPCA.marginal` and :meth:`PPCA.exact_posterior`). Everything
+that VI and importance sampling only estimate is available here exactly, which makes
+PPCA the reference for checking those estimators.
 """
 
 from __future__ import annotations
@@ -69,18 +68,35 @@ class PPCA(JointDistribution):
                          LinearGaussianCPDNet(data_size, latent_size, sigma))
 
     def marginal(self) -> td.MultivariateNormal:
-        """p(x) = N(b, W W^T + sigma^2 I), batch_shape ``()`` and event_shape ``(D,)``."""
+        """The marginal p(x) of the model, in closed form.
+
+        p(x) = N(b, W W^T + sigma^2 I): x = W z + b + sigma eps is a linear function
+        of the independent standard normals z and eps.
+
+        Returns:
+            ``td.MultivariateNormal`` with batch_shape ``()`` and event_shape ``(D,)``.
+        """
+        # answer of importance_sampling/ppca-solution
         W, b, s2 = self.cpd_net.W, self.cpd_net.b, self.cpd_net.sigma ** 2
         cov = W @ W.T + s2 * torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
         return td.MultivariateNormal(b, covariance_matrix=cov)
+        # end of answer
 
     def exact_log_marginal(self, x: Tensor) -> Tensor:
         """log p(x) in closed form, shape ``x.shape[:-1]``."""
         return self.marginal().log_prob(x)
 
     def exact_posterior(self, x: Tensor) -> td.MultivariateNormal:
-        """p(z|x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1}), batch_shape ``x.shape[:-1]``,
-        event_shape ``(K,)``."""
+        """The posterior p(z|x) of the model, in closed form.
+
+        p(z|x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1}) with M = W^T W + sigma^2 I.
+
+        Args:
+            x: observations ``batch_shape + (D,)``.
+
+        Returns:
+            ``td.MultivariateNormal`` with batch_shape ``x.shape[:-1]`` and event_shape ``(K,)``.
+        """
         W, b, s2 = self.cpd_net.W, self.cpd_net.b, self.cpd_net.sigma ** 2
         K = W.shape[1]
         M = W.T @ W + s2 * torch.eye(K, dtype=W.dtype, device=W.device)

@@ -100,7 +100,11 @@ class MoGPriorNet(PriorNet):
 
     @property
     def scales(self) -> torch.Tensor:
-        """The positive component scales, ``softplus(raw_scales)``, shape ``[M] + outcome_shape``."""
+        """The positive component scales, shape ``[M] + outcome_shape``.
+
+        They are ``softplus(raw_scales)``, recomputed at every read so that they follow
+        the trained parameter.
+        """
         return F.softplus(self.raw_scales)
 
     def forward(self, batch_shape: ShapeLike) -> td.Distribution:

@@ -795,7 +795,7 @@ def test_the_grader_refuses_a_message_over_its_cap(tmp_path):
 
     def run(cap):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('x' * 5_000_000)")])
-        nb, _ = BoundedExecute(timeout=20, guard=False, max_message_bytes=cap).preprocess(
+        nb, _ = BoundedExecute(timeout=20, max_message_bytes=cap).preprocess(
             nb, {"metadata": {"path": str(tmp_path)}})
         return json.dumps(nb.cells[0].outputs)
 
@@ -823,20 +823,6 @@ def test_edited_grading_metadata_is_restored_with_a_reason(graded_class):
     pipeline.nbgrader(["generate_feedback", "vae_basics", "--student", "edited-metadata",
                        "--force"], root)
     assert list((root / "course" / "feedback" / "edited-metadata" / "vae_basics").glob("*.html"))
-
-
-def test_the_summary_lists_the_submissions_to_review():
-    """Does the grade summary end with the submissions that need a person's review?"""
-    from course.submission import Result
-
-    results = [Result("vae_basics", "tamperer", grades={("vae_basics", "kl-formula-tests"):
-                                                         (0.0, 2.0, False, True)},
-                      reasons={"vae_basics": "needs review: tampered"}, status="needs review",
-                      tampered=True),
-               Result("vae_basics", "honest", grades={("vae_basics", "kl-formula-tests"):
-                                                       (2.0, 2.0, False, True)})]
-    summary = format_summary(results, [ASSIGNMENT])
-    assert "NEED REVIEW" in summary and "tamperer" in summary.split("NEED REVIEW")[1]
 
 
 def test_read_submission_skips_links_and_oversized_files(tmp_path):

@@ -1,25 +1,35 @@
 """The student hand-out (``course.handout``): no answers in it, and its notebooks run.
 
+For every assignment of the course, the student build of dpm_core that its students (and the
+grader's kernels) get while it is open (``handout.student_package``, no notebooks needed) is
+checked against the full dpm_core: no body of a withheld reference, no region marked as the
+answer of an exercise, no line of a withheld docstring outside its kept part, and nothing else
+changed; the mixture branch of NVIL and FlowCPDNet's default coupling raise the withheld message
+while dpm2_beyond is open and work once it is released; the trace of given code needs a
+withheld region only where the code enters it; a refusal names commands that build the stage.
+
 Two hand-outs are built once per module in a temporary folder:
 
 * ``stage``: ``--open dpm2_generative`` (so vae_basics is released by default): the release
   notebook of dpm2_generative, the solutions of vae_basics, and a dpm_core in which the
-  references of dpm2_generative, dpm2_inference and importance_sampling are withheld;
+  references and answer regions of dpm2_generative and every later assignment are withheld;
 * ``solutions``: ``--release vae_basics dpm2_generative``, the solutions release.
 
 What must not be in a hand-out is read from the repository: the lines of every hidden
-region of ``source/`` and the names of the checks in ``course/checks``, the lines of the
-solution regions and model answers of every assignment not released, and the body lines
-of every withheld reference; a line counts when it is at least 25 characters long and is
-not public anyway (in a release notebook, or in dpm_core outside the withheld bodies).
-The notebooks run against the hand-out's dpm_core with nbclient (about 50 s in all).
+region of ``source/`` and the names of the checks in ``course/checks`` and ``course/judges``,
+the lines of the solution regions and model answers of every assignment not released, and
+the body lines of every withheld reference and region; a line counts when it is at least 25
+characters long and is not public anyway (in a release notebook, or in dpm_core outside
+what it withholds). The notebooks run against the hand-out's dpm_core with nbclient.
 """
 
 import ast
-import inspect
+import functools
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +45,9 @@ ORDER = [a["name"] for a in handout.course_order()]
 MIN_LENGTH = 25
 WITHHELD_WORDS = "is the answer to an exercise of"
 ALLOWED = re.compile(r"README\.md|pyproject\.toml|environment\.yml|dpm_core/(?:\w+/)?\w+\.py|"
-                     r"(assignments|solutions)/(\w+)/\2\.ipynb")
+                     r"(assignments|solutions)/(\w+)/\2\.ipynb|etc/jupyter/[\w./-]+\.json")
+#: every reference and answer region, ``{name: assignment}`` (``handout.answers``)
+ANSWERS = handout.answers()
 
 
 def _lines(text: str) -> set:
@@ -56,8 +68,8 @@ def _release_text() -> str:
 
 
 def _all_withheld_dpm_core() -> str:
-    """dpm_core with every reference withheld: what is public of it."""
-    every = {p: "x" for p in references()}
+    """dpm_core with every reference and answer region withheld: what is public of it."""
+    every = {p: "x" for p in ANSWERS}
     return "\n".join(handout.withhold_source(path.read_text(), handout._module_name(path, REPO / "dpm_core"),
                                              every) for path in sorted((REPO / "dpm_core").glob("*.py")))
 
@@ -149,18 +161,20 @@ def test_no_answers_in_the_handout(builds, name):
     corpus = _corpus(root)
     assert [p for p in corpus if not ALLOWED.fullmatch(p)] == []
     assert stage.released == (["vae_basics"] if name == "stage" else ["vae_basics", "dpm2_generative"])
-    released = set().union(*[_answer_lines(a) | set().union(*map(_body_lines, references(a)))
+    released = set().union(*[_answer_lines(a) | set().union(*(_answer_body(n) for n, owner in
+                                                                ANSWERS.items() if owner == a))
                              for a in stage.released])  # public in this hand-out
     secrets = {"hidden test": _hidden_lines(), "judge": _judge_lines()}
     for assignment in ORDER:
         if assignment not in stage.released:
             secrets[f"answer of {assignment}"] = _answer_lines(assignment) - released
     for path in stage.withheld:
-        secrets[f"body of {path}"] = _body_lines(path, released)
+        secrets[f"body of {path}"] = _answer_body(path, released)
     assert all(secrets.values()), "every secret has distinctive lines to look for"
+    # the checks that run in the kernel, and those that moved into the judges (whose lines the
+    # "judge" secrets cover)
     checks = set(re.findall(r"def (check_\w+)", "\n".join(
-        p.read_text() for p in (REPO / "course" / "checks").glob("*.py"))))
-    assert len(checks) >= 20
+        p.read_text() for folder in ("checks", "judges") for p in (REPO / "course" / folder).glob("*.py"))))
     leaks = []
     for rel, text in corpus.items():
         for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
@@ -181,9 +195,9 @@ def test_released_answers_are_in_the_solutions(builds):
         solution = _lines(corpus[f"solutions/{assignment}/{assignment}.ipynb"])
         assert _answer_lines(assignment) <= solution
         package = _lines("\n".join(t for p, t in corpus.items() if p.startswith("dpm_core/")))
-        for path in references(assignment):
-            assert _body_lines(path) <= package, path
-    assert set(stage.withheld) == {path for assignment in ORDER[2:] for path in references(assignment)}
+        for name in (n for n, owner in ANSWERS.items() if owner == assignment):
+            assert _answer_body(name) <= package, name
+    assert set(stage.withheld) == {name for name, a in ANSWERS.items() if a in ORDER[2:]}
 
 
 PROBE = r"""
@@ -240,7 +254,8 @@ def test_withheld_references_raise_and_the_rest_is_unchanged(builds, name, tmp_p
     docstring kept), do the released ones run, and is every other definition unchanged?"""
     root, stage = builds[name]
     (tmp_path / "course_exercises_paths.py").write_text(
-        f"WITHHELD = {sorted(stage.withheld)!r}\nRELEASED = {references(stage.released[0])!r}\n")
+        f"WITHHELD = {sorted(p for p in stage.withheld if p not in REGIONS)!r}\n"
+        f"RELEASED = {references(stage.released[0])!r}\n")
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{tmp_path}"))
     assert result.returncode == 0, result.stderr
@@ -265,25 +280,98 @@ def test_withheld_references_raise_and_the_rest_is_unchanged(builds, name, tmp_p
                 assert kept[node.name] == ast.dump(node), path
 
 
-def test_a_stage_whose_given_code_needs_a_withheld_reference_is_refused(tmp_path):
-    """Is dpm2_inference refused while its own references are withheld (its test bed builds
-    a GaussianCPDNet, its variance cell an NVIL), naming the cell and the chain, and does
-    --ship let it through? vae_basics, whose widgets view the VAE without dpm2_generative's
-    classes, is not refused."""
-    result = subprocess.run([sys.executable, "-m", "course.handout", str(tmp_path / "h"),
-                             "--open", "dpm2_inference"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "dpm2_inference: cell ppca-testbed -> dpm_core.conditionals.GaussianCPDNet, the answer " \
-           "to an exercise of dpm2_inference" in result.stderr
+def _course(tmp_path: Path, given: dict) -> Path:
+    """A course with this repository's assignments and dpm_core whose notebooks hold only
+    ``given`` code (``{assignment: source}``, one cell with the id ``given``), so that a
+    stage's conflicts do not depend on the notebooks of the day."""
+    repo = tmp_path / "course"
+    (repo / "course").mkdir(parents=True)
+    shutil.copy(REPO / "course" / "assignments.json", repo / "course")
+    (repo / "dpm_core").symlink_to(REPO / "dpm_core")
+    for folder in ("release", "source"):
+        for assignment in ORDER:
+            cells = [nbformat.v4.new_code_cell(given[assignment], metadata={"nbgrader": {
+                "grade_id": "given", "locked": True}})] if assignment in given else []
+            (repo / folder / assignment).mkdir(parents=True)
+            nbformat.write(nbformat.v4.new_notebook(cells=cells),
+                           repo / folder / assignment / f"{assignment}.ipynb")
+    return repo
+
+
+def _commands(problem: str) -> list:
+    """The ``make handout`` lines of a refusal, each as ``(open, release, ship)``: the
+    arguments that the Makefile passes to ``python -m course.handout`` (read back from
+    ``make -n``, so that the line is one make accepts)."""
+    found = []
+    for line in problem.splitlines():
+        if not line.strip().startswith("make handout"):
+            continue
+        words = shlex.split(line.strip())[2:]
+        dry = subprocess.run(["make", "-n", "-C", str(REPO), "handout", *words],
+                             capture_output=True, text=True, check=True).stdout
+        run = next(line for line in dry.splitlines() if " -m course.handout " in line)
+        argv = shlex.split(run.split(" -m course.handout ", 1)[1])[1:]
+        parts, flag = {"--open": [], "--release": None, "--ship": []}, None
+        for word in argv:
+            if word in parts:
+                flag = word
+                parts[flag] = parts[flag] or []
+            else:
+                parts[flag].append(word)
+        found.append((parts["--open"], parts["--release"], tuple(parts["--ship"])))
+    return found
+
+
+def test_a_stage_whose_given_code_needs_a_withheld_answer_is_refused(tmp_path):
+    """Is a stage refused when its given code needs a withheld reference (of a later
+    assignment) or a withheld region (of the open one), naming the cell and the chain, with
+    commands that make accepts and that build the stage (release the owner, or ship the
+    answers); is nothing written; is vae_basics not refused?"""
+    given = {"dpm2_inference": "from dpm_core import PPCA\nPPCA(3, 2).exact_posterior(x)",
+             "dpm2_beyond": "from dpm_core import NVIL\nmodel = NVIL(joint, q, estimator='mixture')\n"
+                            "model(x)"}
+    repo = _course(tmp_path, given)
+    stage = handout.plan(["dpm2_inference"], repo=repo)
+    assert stage.conflicts == {"dpm2_inference": {"dpm_core.ppca.PPCA.exact_posterior": [
+        "cell given", "dpm_core.ppca.PPCA.exact_posterior"]}}
+    problem = stage.problem()
+    assert "dpm2_inference: cell given -> dpm_core.ppca.PPCA.exact_posterior, the answer to an " \
+           "exercise of importance_sampling" in problem
+    with pytest.raises(ValueError, match="cell given"):
+        handout.build(tmp_path / "h", ["dpm2_inference"], repo=repo)
     assert not (tmp_path / "h").exists()
-    ship = ("dpm_core.conditionals.GaussianCPDNet", "dpm_core.nvil.NVIL",
-            "dpm_core.ppca.PPCA.exact_log_marginal")
-    stage = handout.plan(["dpm2_inference"], ship=ship)
-    assert stage.problem() == "" and set(stage.shipped) == set(ship)
+    commands = _commands(problem)
+    assert [(o, r) for o, r, _ in commands] == [
+        (["dpm2_inference"], ["vae_basics", "dpm2_generative"]),
+        (["dpm2_inference"], ["vae_basics", "dpm2_generative", "importance_sampling"]),
+        (["dpm2_inference"], ["vae_basics", "dpm2_generative"])]
+    for open_, release, ship in commands[1:]:  # the first: change the notebook, then the same
+        assert handout.plan(open_, release, ship, repo=repo).problem() == "", (open_, release, ship)
+
+    stage = handout.plan(["dpm2_beyond"], repo=repo)
+    regions = {"dpm_core.nvil.NVIL.surrogate_loss#mixture-rsample-solution",
+               "dpm_core.nvil.NVIL.surrogate_loss#mixture-surrogate-solution"}
+    assert set(stage.conflicts["dpm2_beyond"]) == regions
+    problem = stage.problem("elsewhere")
+    assert "dpm2_beyond: cell given -> dpm_core.nvil.NVIL" in problem
+    assert "Or release" not in problem  # the owner is the open assignment itself
+    commands = _commands(problem)
+    # shipping the regions brings back what they call: _mixture_rsample, withheld too
+    assert len(commands) == 2 and set(commands[1][2]) == regions | {"dpm_core.nvil._mixture_rsample"}
+    assert "OUT=elsewhere" in problem.splitlines()[-1]
+    assert handout.plan(*commands[1], repo=repo).problem() == ""
+
     assert handout.plan(["vae_basics"]).problem() == ""
-    assert "importance_sampling" in handout.plan(["importance_sampling"]).conflicts
-    with pytest.raises(ValueError, match="both open and released"):
-        handout.plan(["vae_basics"], ["vae_basics"])
+    result = subprocess.run([sys.executable, "-m", "course.handout", str(tmp_path / "h"),
+                             "--open", "vae_basics", "--release", "vae_basics"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "cannot be both open and released" in result.stderr
+    assert not (tmp_path / "h").exists()
+    (open_, release, _), = _commands(result.stderr.split("released: ", 1)[1].replace(
+        "make", "\nmake", 1))
+    assert handout.plan(open_, release).problem() == ""
+    with pytest.raises(ValueError, match="e.g. dpm_core"):
+        handout.plan(["dpm2_beyond"], ship=("dpm_core.kl.KL",))  # released: nothing to ship
 
 
 def _execute(path: Path, root: Path, monkeypatch) -> list:
@@ -325,32 +413,366 @@ def test_the_notebooks_run_against_the_handout(builds, tmp_path, monkeypatch):
 
 def test_exercise_table_matches_dpm_core():
     """Is every reference of course.exercises a function, class or method that the
-    hand-out can withhold?"""
+    hand-out can withhold, and every answer region one of an exercise of course.exercises
+    (``handout.answers`` raises otherwise)?"""
     graph = handout._graph(REPO / "dpm_core")
     for assignment in EXERCISES:
         for path in references(assignment):
             assert path in graph.uses, path
+    assert {a for a in ANSWERS.values()} == set(EXERCISES)
+    for name, (_, region) in REGIONS.items():
+        assert region.exercise in EXERCISES[region.assignment], name
+        assert region.function in graph.uses and ANSWERS[name] == region.assignment
 
 
-def test_the_opt_in_references_are_withheld_but_not_needed(tmp_path, monkeypatch):
-    """With dpm2_beyond open, its own references are withheld, among them the two that
-    dpm_core reaches only on request (``handout.OPT_IN``): do those requests fail with the
-    withheld message, and does the notebook's reference solution, whose given code must
-    not make them, run green against that hand-out?"""
+#: marked regions that are no region (what must go wrong, and the words that say so)
+MALFORMED = [
+    pytest.param("def f(x):\n    # answer of a/b\n    return x\n", "has no", id="no-end"),
+    pytest.param("def f(x):\n    return x\n    # end of answer\n", "without", id="no-begin"),
+    pytest.param("# answer of a/b\nX = 1\n# end of answer\n", "function", id="outside-a-function"),
+    pytest.param("def f(x):\n    if x:\n        # answer of a/b\n        y = 1\n    # end of answer\n",
+                 "indentation", id="markers-unaligned"),
+    pytest.param("def f(x):\n    y = (1 +\n    # answer of a/b\n         2)\n    z = 3\n    # end of answer\n",
+                 "whole statements", id="half-a-statement"),
+    pytest.param("def f(x):\n    # answer of a/b\n    y = 1\n    # end of answer\n"
+                 "    # answer of a/b\n    z = 1\n    # end of answer\n", "two answer regions", id="twice"),
+]
+
+
+@pytest.mark.parametrize("source, words", MALFORMED)
+def test_a_malformed_answer_region_is_an_error(source, words, tmp_path):
+    """Does a region marked wrongly, or one naming no exercise of course.exercises, stop the
+    build with a message that names the module and the line, instead of withholding too
+    little or breaking the student build?"""
+    with pytest.raises(ValueError, match=words):
+        handout.answer_regions(source, "dpm_core.m")
+    (tmp_path / "dpm_core").mkdir()
+    (tmp_path / "dpm_core" / "m.py").write_text(
+        "def f(x):\n    # answer of vae_basics/no-such-solution\n    return x\n    # end of answer\n")
+    with pytest.raises(ValueError, match="vae_basics/no-such-solution is not an exercise"):
+        handout.answers(tmp_path)
+
+
+def test_the_regions_of_dpm2_beyond_are_withheld_but_not_needed(tmp_path, monkeypatch):
+    """With dpm2_beyond open, its references and its regions (NVIL's mixture estimator,
+    FlowCPDNet's default coupling) are withheld: does the trace reach those regions without
+    needing them, and does the notebook's reference solution, whose given code must not
+    enter them, run green against that hand-out?"""
     root = tmp_path / "handout"
     result = subprocess.run([sys.executable, "-m", "course.handout", str(root), "--open", "dpm2_beyond"],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert set(handout.OPT_IN) <= set(handout.plan(["dpm2_beyond"]).withheld)
-    probe = ("import torch\nfrom dpm_core import FlowCPDNet, MoGCPDNet\nfrom dpm_core.nvil import _mixture_rsample\n"
-             "for call in (lambda: FlowCPDNet(2, num_inputs=3)(torch.zeros(4, 3)).sample(),\n"
-             "             lambda: _mixture_rsample(MoGCPDNet(2, num_inputs=3)(torch.zeros(4, 3)), torch.Size((1,)))):\n"
-             "    try:\n        call()\n    except NotImplementedError as error:\n        print(error)\n")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root)})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count(WITHHELD_WORDS) == 2, out.stdout
+    stage = handout.plan(["dpm2_beyond"])
+    assert {n for n, a in ANSWERS.items() if a == "dpm2_beyond" and "#" in n} <= set(stage.withheld)
+    assert len(REGIONS) >= 4
+    assert "if estimator == \"mixture\":\n            raise NotImplementedError(" in \
+        (root / "dpm_core" / "nvil.py").read_text()
     reference = tmp_path / "dpm2_beyond" / "dpm2_beyond.ipynb"
     reference.parent.mkdir()
     nbformat.write(handout.solution_notebook(REPO / "source" / "dpm2_beyond" / "dpm2_beyond.ipynb"), reference)
     assert _execute(reference, root, monkeypatch) == []
+
+
+# ---------------------------------------------------------------------------- every week's student build
+def _answer_regions() -> dict:
+    """``{region name: (path in dpm_core, Region)}`` of the regions marked as answers."""
+    found = {}
+    for path in sorted((REPO / "dpm_core").rglob("*.py")):
+        for region in handout.answer_regions(path.read_text(), handout._module_name(path, REPO / "dpm_core")):
+            found[region.name] = (path.relative_to(REPO / "dpm_core").as_posix(), region)
+    return found
+
+
+REGIONS = _answer_regions()
+#: formulas of dpm_core's docstrings that answer an exercise (with the assignment); each must
+#: be in dpm_core, and in no student build before that assignment's solutions are released
+FORMULAS = {
+    "0.5 * (s^2 + m^2 - 1 - log s^2)": "vae_basics",                    # KL
+    "sigma = exp(logvar / 2)": "vae_basics",                            # reparametrise
+    "``w = softmax(logits)``": "dpm2_generative",                       # MoGPriorNet
+    "avg <- (1 - alpha) * avg + alpha * mean(r)": "dpm2_inference",    # CentredReward
+    "``(r - b(x))^2``": "dpm2_inference",                               # Baseline
+    "L = log 1/S sum_s p(x, z_s) / q(z_s|x)": "dpm2_inference",        # NVIL.DRL
+    "p(x) = N(b, W W^T + sigma^2 I)": "importance_sampling",            # PPCA.marginal
+    "p(z|x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1})": "importance_sampling",  # exact_posterior
+    "y = z * exp(s) + t": "dpm2_beyond",                                # AffineCoupling
+    "It is sum_k s_k(m * z)": "dpm2_beyond",                            # its log_abs_det_jacobian
+    "grad E_q[f] = E_{c ~ Cat(w), eps}[f(z) grad log w_c + grad f(g_c(eps))]": "dpm2_beyond",
+}
+#: the exercises of course.exercises without a reference (None), and where their answer is
+ANSWERED_ELSEWHERE = {
+    ("dpm2_generative", "batch_shape_of"): "given: a helper of the notebook's solution cell",
+    ("dpm2_inference", "closed_form_kl"): "given: a helper of the notebook's solution cell",
+    ("dpm2_inference", "num_samples"): "given: a helper of the notebook's solution cell",
+    ("importance_sampling", "pca"): "nowhere (the widgets' Plane.fit takes an SVD, given to weeks 1-3)",
+    ("importance_sampling", "iwae_bound"): "NVIL.DRL, released with dpm2_inference's solutions",
+    ("importance_sampling", "log_weights"): "NVIL.DRL, released with dpm2_inference's solutions",
+    ("importance_sampling", "fit_per_datapoint"): "nowhere",
+    ("dpm2_beyond", "cb_log_normaliser"): "nowhere (torch's ContinuousBernoulli, refused by the judge)",
+    ("dpm2_beyond", "cb_log_prob"): "nowhere (torch's ContinuousBernoulli, refused by the judge)",
+    ("dpm2_beyond", "mixture_surrogate"): "region dpm_core.nvil.NVIL.surrogate_loss#mixture-surrogate-solution",
+}
+
+
+@functools.cache
+def _student(assignment: str) -> dict:
+    return handout.student_package(assignment)
+
+
+def _withheld(assignment: str) -> dict:
+    """What the students of ``assignment`` may not see: the answers of it and of every
+    later assignment."""
+    return {n: a for n, a in ANSWERS.items() if ORDER.index(a) >= ORDER.index(assignment)}
+
+
+def _node(name: str):
+    """``(module path, AST node)`` of a reference's dotted path or a region's function."""
+    parts = name.split("#")[0].split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        file = REPO.joinpath(*parts[:split]).with_suffix(".py")
+        if file.exists():
+            break
+    node = ast.parse(file.read_text())
+    for part in parts[split:]:
+        node = next(n for n in node.body if getattr(n, "name", None) == part)
+    return file, node
+
+
+def _answer_body(name: str, public: set = frozenset()) -> set:
+    """The lines of a reference's body (docstring aside) or of a region (its statements and
+    markers) that appear nowhere public."""
+    if name not in REGIONS:  # a reference, without the regions inside it (answers of their own)
+        inner = [n for n, (_, r) in REGIONS.items() if r.function.startswith(name + ".") or r.function == name]
+        return _body_lines(name, public) - set().union(*(_answer_body(n) for n in inner))
+    rel, region = REGIONS[name]
+    lines = (REPO / "dpm_core" / rel).read_text().splitlines()[region.first - 1:region.last]  # markers too
+    return _lines("\n".join(lines)) - PUBLIC - public
+
+
+KEPT_SECTION = re.compile(r"(?:Args|Arguments|Returns|Yields|Raises|Shapes|Examples?):")
+
+
+def _told(name: str) -> set:
+    """The lines of the docstrings that a withheld answer cuts (a reference's own, with its
+    methods' for a class; a region's function's) that lie outside the part the students keep:
+    the first paragraph and the Args, Returns, Yields, Raises, Shapes and Example sections."""
+    _, node = _node(name)
+    nodes = [node] + ([n for n in node.body if isinstance(n, ast.FunctionDef)]
+                      if isinstance(node, ast.ClassDef) else [])
+    told = set()
+    for doc in filter(None, map(ast.get_docstring, nodes)):
+        lines = doc.split("\n")
+        keep, start = False, next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+        for line in lines[start:]:
+            if line.strip() and not line[0].isspace():
+                keep = KEPT_SECTION.fullmatch(line.strip()) is not None
+            if not keep and len(line.strip()) >= 12:
+                told.add(line.strip())
+    return told
+
+
+def _text(package: dict) -> str:
+    return "\n".join(package.values())
+
+
+def test_the_none_entries_of_the_exercise_table_are_accounted_for():
+    """Is it written down for every exercise that course.exercises maps to None where its
+    answer lies (``ANSWERED_ELSEWHERE``), are the given ones really given in the release
+    notebook, and the regions named there marked in dpm_core?"""
+    none = {(a, name) for a, cells in EXERCISES.items() for names in cells.values()
+            for name, path in names.items() if path is None}
+    assert set(ANSWERED_ELSEWHERE) == none
+    for (assignment, name), where in ANSWERED_ELSEWHERE.items():
+        release = "\n".join(c.source for c in nbformat.read(
+            REPO / "release" / assignment / f"{assignment}.ipynb", as_version=4).cells)
+        if where.startswith("given"):
+            body = re.split(r"\n(?=\S)", release.split(f"\ndef {name}(", 1)[1])[0]  # to the next top-level line
+            assert "raise NotImplementedError()" not in body, (assignment, name)
+        elif where.startswith("region "):
+            assert where.split()[1] in REGIONS
+
+
+@pytest.mark.parametrize("assignment", ORDER)
+def test_no_withheld_body_or_region_in_the_student_build(assignment):
+    """While ``assignment`` is open, is no line of the body of a withheld reference or of a
+    withheld answer region in the student dpm_core, no region's marker either, but the raise
+    that names its exercise; and are the bodies and regions of released assignments back?"""
+    package, withheld = _student(assignment), _withheld(assignment)
+    present = _lines(_text(package))
+    released = set().union(*(_answer_body(n) for n in ANSWERS if n not in withheld))
+    secrets = {n: _answer_body(n, released) for n in withheld}
+    assert all(secrets[n] for n in REGIONS if n in withheld)
+    assert sum(map(len, secrets.values())) > 20
+    assert [f"{n}: {line}" for n, lines in secrets.items() for line in sorted(lines & present)] == []
+    withheld_lines = set().union(*(_answer_body(n) for n in withheld))  # a region in a released body
+    for name in ANSWERS:
+        if name not in withheld:
+            assert _answer_body(name) - withheld_lines <= present, name
+    regions = [(rel, r) for n, (rel, r) in REGIONS.items() if n in withheld]
+    assert regions, "dpm2_beyond's regions are withheld in every week's build"
+    for rel, region in REGIONS.values():
+        marker = f"# answer of {region.assignment}/{region.exercise}"
+        assert (marker in package[rel]) == (region.name not in withheld), region.name
+    for rel, region in regions:  # a region of a withheld function goes with its body
+        if any(region.function == n or region.function.startswith(n + ".") for n in withheld):
+            continue
+        assert handout.REGION_MESSAGE.format(path=region.function, where=region.where, assignment=
+                                             region.assignment, exercise=region.exercise) in package[rel]
+
+
+@pytest.mark.parametrize("assignment", ORDER)
+def test_no_withheld_docstring_beyond_its_kept_part_in_the_student_build(assignment):
+    """While ``assignment`` is open, does the student dpm_core keep of the docstring of every
+    withheld reference, and of every function that holds a withheld region, only the first
+    paragraph and the Args/Returns/Yields/Raises/Shapes/Example sections (no formula or
+    derivation of the answer, anywhere in the build), while released docstrings are whole?"""
+    package, withheld = _student(assignment), _withheld(assignment)
+    text = _text(package)
+    present = {line.strip() for line in text.splitlines()}
+    told = {n: _told(n) for n in withheld}
+    assert sum(map(len, told.values())) >= 3
+    assert [f"{n}: {line}" for n, lines in told.items() for line in sorted(lines & present)] == []
+    withheld_lines = set().union(*told.values())  # a region's function in a released class
+    for name in ANSWERS:
+        if name not in withheld:
+            assert _told(name) - withheld_lines <= present, name
+    full = "\n".join(p.read_text() for p in (REPO / "dpm_core").rglob("*.py"))
+    for formula, owner in FORMULAS.items():
+        assert formula in full, formula
+        assert (formula in text) == (ORDER.index(owner) < ORDER.index(assignment)), (formula, owner)
+
+
+def _skeleton(source: str, module: str, withheld: dict) -> str:
+    """A module as an AST dump, the bodies (docstrings included) of the functions that the
+    build may change blanked: withheld references, methods of withheld classes, functions
+    that hold a withheld region; and a withheld class's docstring."""
+    tree = ast.parse(source)
+    cut = {r.function for n, (_, r) in REGIONS.items() if n in withheld}
+    for stmt in tree.body:
+        path = f"{module}.{getattr(stmt, 'name', '')}"
+        if isinstance(stmt, ast.FunctionDef) and (path in withheld or path in cut):
+            stmt.body = [ast.Pass()]
+        elif isinstance(stmt, ast.ClassDef):
+            if path in withheld and ast.get_docstring(stmt) is not None:
+                stmt.body[0] = ast.Pass()
+            for fn in (s for s in stmt.body if isinstance(s, ast.FunctionDef)):
+                if path in withheld or f"{path}.{fn.name}" in withheld or f"{path}.{fn.name}" in cut:
+                    fn.body = [ast.Pass()]
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize("assignment", ORDER)
+def test_the_student_build_changes_nothing_else(assignment):
+    """Has the student dpm_core of ``assignment`` the same files, module docstrings, imports,
+    public names, signatures, decorators, class attributes and code as dpm_core, but for
+    the bodies and docstrings of what it withholds?"""
+    package, withheld = _student(assignment), _withheld(assignment)
+    originals = {p.relative_to(REPO / "dpm_core").as_posix(): p for p in (REPO / "dpm_core").rglob("*.py")}
+    assert set(package) == set(originals)
+    changed = 0
+    for rel, path in originals.items():
+        module = handout._module_name(path, REPO / "dpm_core")
+        assert _skeleton(package[rel], module, withheld) == _skeleton(path.read_text(), module, withheld), rel
+        changed += package[rel] != path.read_text()
+    assert changed >= 2
+
+
+BEHAVIOUR = r"""
+import json, torch, torch.distributions as td
+from functools import partial
+from dpm_core import (NVIL, BinarizedImageModel, FlowCPDNet, GaussianPriorNet, InferenceModel,
+                      JointDistribution, MoGCPDNet)
+
+def outcome(call):
+    try:
+        value = call()
+    except NotImplementedError as error:
+        return str(error)
+    return "ran" if bool(torch.isfinite(value).all()) else "not finite"
+
+def nvil(**kwargs):
+    torch.manual_seed(0)
+    q = InferenceModel(partial(MoGCPDNet, num_components=2), 2, width=4, height=4, hidden_size=8)
+    return NVIL(JointDistribution(GaussianPriorNet(2), BinarizedImageModel(1, 4, 4, 2)), q, **kwargs)
+
+x = torch.zeros(3, 1, 4, 4)
+same = lambda mask, shift_log_scale: td.transforms.identity_transform  # a coupling of one's own
+print(json.dumps({
+    "NVIL(estimator='mixture')": outcome(lambda: nvil(estimator="mixture")(x, sample_size=2)["loss"]),
+    "surrogate_loss(estimator='mixture')": outcome(lambda: nvil().surrogate_loss(x, 2, estimator="mixture")[0]),
+    "surrogate_loss(estimator='sfe')": outcome(lambda: nvil().surrogate_loss(x, 2, estimator="sfe")[0]),
+    "FlowCPDNet()": outcome(lambda: FlowCPDNet(2, num_inputs=3)(torch.zeros(4, 3)).rsample()),
+    "FlowCPDNet(coupling=...)": outcome(lambda: FlowCPDNet(2, num_inputs=3, coupling=same)(torch.zeros(4, 3)).rsample()),
+}))
+"""
+
+
+@pytest.mark.parametrize("released", [False, True], ids=["open", "released"])
+def test_the_branches_of_dpm2_beyond_raise_until_released(released, tmp_path):
+    """In the student dpm_core while dpm2_beyond is open, do NVIL's mixture estimator (chosen
+    at construction or per call) and FlowCPDNet without a coupling raise the withheld message
+    that names the exercise, while the score-function estimator and FlowCPDNet with a
+    coupling of one's own work; and does all of it work once dpm2_beyond is released?"""
+    if released:
+        stage = handout.plan([], ORDER)
+        assert stage.withheld == {}
+        package = {p.relative_to(REPO / "dpm_core").as_posix(): handout.withhold_source(
+            p.read_text(), handout._module_name(p, REPO / "dpm_core"), stage.withheld)
+            for p in (REPO / "dpm_core").rglob("*.py")}
+    else:
+        package = _student("dpm2_beyond")
+    for rel, text in package.items():
+        (tmp_path / "dpm_core" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "dpm_core" / rel).write_text(text)
+    result = subprocess.run([sys.executable, "-c", BEHAVIOUR], cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    outcomes = json.loads(result.stdout)
+    raising = {"NVIL(estimator='mixture')": "mixture-rsample-solution",
+               "surrogate_loss(estimator='mixture')": "mixture-rsample-solution",
+               "FlowCPDNet()": "coupling-solution"}
+    for call, outcome in outcomes.items():
+        if released or call not in raising:
+            assert outcome == "ran", (call, outcome)
+        else:
+            assert f"{WITHHELD_WORDS} dpm2_beyond ({raising[call]})" in outcome, (call, outcome)
+
+
+#: given code, and the withheld regions of dpm2_beyond that the trace finds it needs
+TRACES = [
+    pytest.param("NVIL(joint, q, estimator='mixture')(x)", {"rsample", "surrogate"}, id="estimator-keyword"),
+    pytest.param("NVIL(joint, q)(x)", set(), id="default-estimator"),
+    pytest.param("NVIL(joint, q).surrogate_loss(x, 1, 1.0, 'mixture')", {"rsample", "surrogate"},
+                 id="estimator-positional"),
+    pytest.param("for e in ['sfe', 'mixture']:\n    NVIL(joint, q)(x, estimator=e)", {"rsample", "surrogate"},
+                 id="estimator-loop"),
+    pytest.param("for e in ['sfe', 'auto']:\n    NVIL(joint, q)(x, estimator=e)", set(), id="other-estimators"),
+    pytest.param("class Mine(NVIL):\n    def surrogate_loss(self, x, estimator=None):\n"
+                 "        return super().surrogate_loss(x, estimator=estimator)\n"
+                 "Mine(joint, q)(x, estimator='mixture')", {"rsample", "surrogate"}, id="super-call"),
+    pytest.param("class Mine(NVIL):\n    def surrogate_loss(self, x, estimator=None):\n        return 0.0\n"
+                 "Mine(joint, q)(x, estimator='mixture')", set(), id="overridden"),
+    pytest.param("FlowCPDNet(2, num_inputs=3)", {"coupling"}, id="no-coupling"),
+    pytest.param("FlowCPDNet(2, num_inputs=3, coupling=None)", {"coupling"}, id="coupling-none"),
+    pytest.param("FlowCPDNet(2, num_inputs=3, coupling=mine)", set(), id="coupling-keyword"),
+    pytest.param("FlowCPDNet(2, 3, None, 0.0, 4, 64, 2.0, mine)", set(), id="coupling-positional"),
+    pytest.param("InferenceModel(partial(FlowCPDNet, num_layers=2), 2)", {"coupling"}, id="class-passed-on"),
+]
+_graph = functools.cache(lambda: handout._graph(REPO / "dpm_core"))
+REGION_OF = {"rsample": "dpm_core.nvil.NVIL.surrogate_loss#mixture-rsample-solution",
+             "surrogate": "dpm_core.nvil.NVIL.surrogate_loss#mixture-surrogate-solution",
+             "coupling": "dpm_core.flows.FlowCPDNet.__init__#coupling-solution"}
+
+
+@pytest.mark.parametrize("code, needed", TRACES)
+def test_the_trace_needs_a_withheld_region_only_where_given_code_enters_it(code, needed):
+    """Does the trace of given code (``handout.needs``) count a withheld region as needed
+    where the code gives the parameter that guards it a value that enters it, and not where
+    it only calls the function that holds it; and is a call inside the region (NVIL's of
+    ``_mixture_rsample``, FlowCPDNet's default ``AffineCoupling``) no conflict?"""
+    graph = _graph()
+    source = ("from functools import partial\nfrom dpm_core import NVIL, FlowCPDNet, InferenceModel\n"
+              + code)
+    found = handout.needs([("given", source)], set(), _withheld("dpm2_beyond"), graph)
+    assert set(found) == {REGION_OF[n] for n in needed}
+    assert all(chain[0] == "cell given" and chain[-1] == name for name, chain in found.items())
