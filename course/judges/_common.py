@@ -199,3 +199,32 @@ def known_mistake(got: torch.Tensor, known: list, rtol: float, atol: float,
         if value.shape == got.shape and torch.allclose(got, value, rtol=rtol, atol=atol):
             return message
     return default
+
+
+def kind_of(value) -> str:
+    """What a reported value is, in a message: its wire type, or its Python type."""
+    return value.type if isinstance(value, (Node, Tensor)) else type(value).__name__
+
+
+def is_distribution(value) -> bool:
+    """Whether a reported value describes a torch distribution."""
+    return isinstance(value, Node) and value.kind == "dist"
+
+
+def expect_distribution(d, batch_shape, event_shape, what: str) -> None:
+    """``d`` describes a torch distribution with these shapes (``dpm_core.grading``'s
+    messages, which the notebooks' self-checks use too)."""
+    expect(is_distribution(d), f"{what} should return a torch.distributions object, got "
+                               f"{kind_of(d)}")
+    batch_shape, event_shape = tuple(batch_shape), tuple(event_shape)
+    if tuple(d.batch_shape) == batch_shape + event_shape and tuple(d.event_shape) == ():
+        raise AssertionError(
+            f"{what} has batch_shape {list(d.batch_shape)} and event_shape [], expected "
+            f"{list(batch_shape)} and {list(event_shape)}; did you forget td.Independent "
+            f"over the outcome dimensions?")
+    expect(tuple(d.batch_shape) == batch_shape,
+           f"{what} has batch_shape {list(d.batch_shape)}, expected {list(batch_shape)}; "
+           f"does td.Independent reinterpret the right number of dimensions?")
+    expect(tuple(d.event_shape) == event_shape,
+           f"{what} has event_shape {list(d.event_shape)}, expected {list(event_shape)}; "
+           f"did you forget td.Independent over the outcome dimensions?")

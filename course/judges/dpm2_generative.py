@@ -22,8 +22,8 @@ import torch
 import torch.distributions as td
 import torch.nn.functional as F
 
-from course.judges._common import (Probe, draw_seed, expect, expect_close, probe_op,
-                                   statistical, tensor_value)
+from course.judges._common import (Probe, draw_seed, expect, expect_close, expect_distribution,
+                                   is_distribution, kind_of, probe_op, statistical, tensor_value)
 from dpm_core import build_ffnn_decoder
 from dpm_probe.wire import Node, Tensor
 
@@ -92,15 +92,8 @@ def _field(found, key: str):
     return found[key]
 
 
-def _kind(value) -> str:
-    """What a reported value is, in a message."""
-    if isinstance(value, (Node, Tensor)):
-        return value.type
-    return type(value).__name__
 
 
-def _is_dist(value) -> bool:
-    return isinstance(value, Node) and value.kind == "dist"
 
 
 def _expect_shape(value, shape, what: str, hint: str = "") -> torch.Tensor:
@@ -116,27 +109,12 @@ def _expect_close(value, expected, what: str, hint: str = "", rtol: float = 1e-4
     expect_close(tensor_value(value, what).data, expected, what, hint, rtol=rtol, atol=atol)
 
 
-def _expect_distribution(d, batch_shape, event_shape, what: str) -> None:
-    """``d`` describes a distribution with these shapes (``dpm_core.grading``'s messages)."""
-    expect(_is_dist(d), f"{what} should return a torch.distributions object, got {_kind(d)}")
-    batch_shape, event_shape = tuple(batch_shape), tuple(event_shape)
-    if tuple(d.batch_shape) == batch_shape + event_shape and tuple(d.event_shape) == ():
-        raise AssertionError(
-            f"{what} has batch_shape {list(d.batch_shape)} and event_shape [], expected "
-            f"{list(batch_shape)} and {list(event_shape)}; did you forget td.Independent "
-            f"over the outcome dimensions?")
-    expect(tuple(d.batch_shape) == batch_shape,
-           f"{what} has batch_shape {list(d.batch_shape)}, expected {list(batch_shape)}; "
-           f"does td.Independent reinterpret the right number of dimensions?")
-    expect(tuple(d.event_shape) == event_shape,
-           f"{what} has event_shape {list(d.event_shape)}, expected {list(event_shape)}; "
-           f"did you forget td.Independent over the outcome dimensions?")
 
 
 def _expect_batch_and_event(d, batch_shape, event_shape, what: str) -> None:
     """As :func:`_expect_distribution`; when the event dimensions ended up in the batch shape,
     the message says so."""
-    if _is_dist(d):
+    if is_distribution(d):
         got = (tuple(d.batch_shape), tuple(d.event_shape))
         if got != (tuple(batch_shape), tuple(event_shape)) and \
                 got[0] + got[1] == tuple(batch_shape) + tuple(event_shape):
@@ -144,14 +122,14 @@ def _expect_batch_and_event(d, batch_shape, event_shape, what: str) -> None:
                 f"{what} has batch_shape {list(got[0])} and event_shape {list(got[1])}, expected "
                 f"{list(batch_shape)} and {list(event_shape)}: did you forget td.Independent, or "
                 f"reinterpret the wrong number of dimensions as event dimensions?")
-    _expect_distribution(d, batch_shape, event_shape, what)
+    expect_distribution(d, batch_shape, event_shape, what)
 
 
 def _builds(d, batch_shape, event_shape) -> bool:
     """Whether the mixture prior built a distribution with these shapes (mixing logits at
     1 / C, valid read as logits or as probabilities). The shapes are graded by
     mog-prior-shapes-tests; the other checks of the prior leave out what it cannot build."""
-    return _is_dist(d) and tuple(d.batch_shape) == tuple(batch_shape) and \
+    return is_distribution(d) and tuple(d.batch_shape) == tuple(batch_shape) and \
         tuple(d.event_shape) == tuple(event_shape)
 
 
@@ -762,8 +740,8 @@ def joint_posterior(probe: Probe, rng: torch.Generator) -> str:
             expected = torch.softmax(_log_joint_of_codes(prior, obs, x).movedim(0, -1), dim=-1)
             found, flipped = seen[2 * i], seen[2 * i + 1]
             got = _ok(_field(found, "value"), what)
-            expect(_is_dist(got) and got.type == "Categorical",
-                   f"{what} should be a td.Categorical, got {_kind(got)}.")
+            expect(is_distribution(got) and got.type == "Categorical",
+                   f"{what} should be a td.Categorical, got {kind_of(got)}.")
             probs = tensor_value(_ok(_field(found, "probs"), f"{what}.probs"), f"{what}.probs")
             outcomes = probs.shape[-1] if probs.shape else 0
             expect(tuple(got.batch_shape) == batch_shape and outcomes == N,

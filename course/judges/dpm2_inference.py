@@ -36,8 +36,8 @@ import torch
 import torch.distributions as td
 import torch.nn.functional as F
 
-from course.judges._common import (Probe, draw_seed, expect, expect_close, probe_op,
-                                   statistical, tensor_value)
+from course.judges._common import (Probe, draw_seed, expect, expect_close, expect_distribution,
+                                   is_distribution, kind_of, probe_op, statistical, tensor_value)
 from dpm_core import BinarizedImageModel, InferenceModel, build_ffnn_decoder
 from dpm_core.conditionals import GaussianCPDNet as ReferenceGaussianCPDNet
 from dpm_probe.wire import Node, Tensor
@@ -116,13 +116,8 @@ def _field(found, key: str):
     return found[key]
 
 
-def _kind(value) -> str:
-    """What a reported value is, in a message."""
-    return value.type if isinstance(value, (Node, Tensor)) else type(value).__name__
 
 
-def _is_dist(value) -> bool:
-    return isinstance(value, Node) and value.kind == "dist"
 
 
 def _tensor(value, what: str, hint: str = "") -> torch.Tensor:
@@ -155,21 +150,6 @@ def _is_zero(value) -> bool:
     return isinstance(value, Tensor) and value.type == "Tensor" and bool((value.data == 0).all())
 
 
-def _expect_distribution(d, batch_shape, event_shape, what: str) -> None:
-    """``d`` describes a distribution with these shapes (``dpm_core.grading``'s messages)."""
-    expect(_is_dist(d), f"{what} should return a torch.distributions object, got {_kind(d)}")
-    batch_shape, event_shape = tuple(batch_shape), tuple(event_shape)
-    if tuple(d.batch_shape) == batch_shape + event_shape and tuple(d.event_shape) == ():
-        raise AssertionError(
-            f"{what} has batch_shape {list(d.batch_shape)} and event_shape [], expected "
-            f"{list(batch_shape)} and {list(event_shape)}; did you forget td.Independent "
-            f"over the outcome dimensions?")
-    expect(tuple(d.batch_shape) == batch_shape,
-           f"{what} has batch_shape {list(d.batch_shape)}, expected {list(batch_shape)}; "
-           f"does td.Independent reinterpret the right number of dimensions?")
-    expect(tuple(d.event_shape) == event_shape,
-           f"{what} has event_shape {list(d.event_shape)}, expected {list(event_shape)}; "
-           f"did you forget td.Independent over the outcome dimensions?")
 
 
 def _built(value, name: str):
@@ -213,7 +193,7 @@ def gaussian_cpd(probe: Probe, rng: torch.Generator) -> str:
             what = f"GaussianCPDNet((2, 3), hidden_size={hidden})"
             _ok(found.get("net") if isinstance(found, dict) else None, what)
             d = _built(_field(found, "dist"), "GaussianCPDNet")
-            _expect_distribution(d, (3, 5), (2, 3), what)
+            expect_distribution(d, (3, 5), (2, 3), what)
             _expect_shape(_field(found, "log_prob"), (3, 5), "log_prob of a [2, 3] latent",
                           "td.Independent must absorb len(outcome_shape) dimensions, not just 1")
         wide = _field(seen, "wide")
@@ -234,7 +214,7 @@ def gaussian_cpd(probe: Probe, rng: torch.Generator) -> str:
         _ok(_field(seen, "dropout"), "GaussianCPDNet(4, num_inputs=5, hidden_size=8, p_drop=0.3)")
         for shape, q in zip(images, _items(_field(seen, "images"), len(images))):
             what = "InferenceModel(GaussianCPDNet, ...)"
-            _expect_distribution(_built(q, what), shape[:-3], (3,), what)
+            expect_distribution(_built(q, what), shape[:-3], (3,), what)
     return "GaussianCPDNet passes the hidden tests"
 
 
@@ -264,9 +244,9 @@ def mog_cpd(probe: Probe, rng: torch.Generator) -> str:
             what = f"MoGCPDNet((2, 3), hidden_size={hidden})"
             _ok(found.get("net") if isinstance(found, dict) else None, what)
             d = _built(_field(found, "dist"), "MoGCPDNet")
-            _expect_distribution(d, (3, 5), (2, 3), what)
+            expect_distribution(d, (3, 5), (2, 3), what)
             components = _ok(_field(found, "components"), f"{what}.component_distribution")
-            expect(_is_dist(components) and tuple(components.event_shape) == (2, 3),
+            expect(is_distribution(components) and tuple(components.event_shape) == (2, 3),
                    "each component is td.Independent over all outcome dimensions")
             _expect_shape(_field(found, "log_prob"), (3, 5), "log_prob of a [2, 3] latent")
         one = _built(_field(seen, "one"), "MoGCPDNet")
@@ -274,7 +254,7 @@ def mog_cpd(probe: Probe, rng: torch.Generator) -> str:
         expect(tuple(probs.shape) == (4, 1), "num_components=1 gives one weight per input")
         two = _built(_field(seen, "two"), "MoGCPDNet")
         components = _ok(_field(two, "components"), "the components of MoGCPDNet(3, ...)")
-        expect(_is_dist(components) and tuple(components.batch_shape) == (4, 2),
+        expect(is_distribution(components) and tuple(components.batch_shape) == (4, 2),
                "num_components defaults to 2")
         wide = _field(seen, "wide")
         _ok(wide.get("net") if isinstance(wide, dict) else None, "MoGCPDNet(6, num_inputs=5)")
@@ -293,7 +273,7 @@ def mog_cpd(probe: Probe, rng: torch.Generator) -> str:
         missing = [name for name, reached in _items(grads, len(grads)) if not reached]
         expect(not missing, f"no gradient reached {missing} through log_prob")
         what = "InferenceModel(partial(MoGCPDNet, num_components=3), ...)"
-        _expect_distribution(_built(_field(seen, "images"), what), (3, 5), (3,), what)
+        expect_distribution(_built(_field(seen, "images"), what), (3, 5), (3,), what)
     return "MoGCPDNet passes the hidden tests"
 
 
@@ -435,7 +415,7 @@ def _drl(value, what: str) -> list:
     """(D, R, L) of what DRL returned."""
     value = _ok(value, what)
     expect(isinstance(value, list) and len(value) == 3,
-           f"DRL must return the tuple (D, R, L), got {_kind(value)}")
+           f"DRL must return the tuple (D, R, L), got {kind_of(value)}")
     return value
 
 
@@ -443,7 +423,7 @@ def _out(value, what: str) -> dict:
     """forward's dictionary, from a forward step's result."""
     found = _ok(value, what)
     out = _field(found, "out")
-    expect(isinstance(out, dict), f"{what} should return a dictionary, got {_kind(out)}")
+    expect(isinstance(out, dict), f"{what} should return a dictionary, got {kind_of(out)}")
     missing = {"loss", "ELBO", "D", "R", "cv_loss"} - set(out)
     expect(not missing, f"forward's dictionary lacks {sorted(missing)}")
     return out
@@ -817,7 +797,7 @@ def _pair(value, what: str) -> tuple:
     """(output, loss) of a control variate's call."""
     found = _ok(value, what)
     expect(isinstance(found, dict) and "out" in found and "loss" in found,
-           f"{what} should return the pair (rewards, loss), got {_kind(found)}")
+           f"{what} should return the pair (rewards, loss), got {kind_of(found)}")
     return found["out"], found["loss"]
 
 

@@ -33,8 +33,9 @@ import torch
 import torch.distributions as td
 import torch.nn.functional as F
 
-from course.judges._common import (Probe, call, draw_seed, expect, expect_close, known_mistake,
-                                   leaf, probe_op, statistical, tensor_value)
+from course.judges._common import (Probe, call, draw_seed, expect, expect_close,
+                                   expect_distribution, kind_of, known_mistake, leaf, probe_op,
+                                   statistical, tensor_value)
 from dpm_core.ppca import PPCA
 from dpm_probe.wire import Node, Tensor
 
@@ -90,9 +91,6 @@ def _items(found, count: int) -> list:
     return found
 
 
-def _kind(value) -> str:
-    """What a reported value is, in a message."""
-    return value.type if isinstance(value, (Node, Tensor)) else type(value).__name__
 
 
 def _shaped(value, shape, what: str, hint: str = "") -> torch.Tensor:
@@ -104,23 +102,6 @@ def _shaped(value, shape, what: str, hint: str = "") -> torch.Tensor:
     return got.data
 
 
-def _expect_distribution(d, batch_shape, event_shape, what: str) -> None:
-    """``d`` describes a torch distribution with these shapes (``dpm_core.grading``'s
-    messages)."""
-    expect(isinstance(d, Node) and d.kind == "dist",
-           f"{what} should return a torch.distributions object, got {_kind(d)}")
-    batch_shape, event_shape = tuple(batch_shape), tuple(event_shape)
-    if tuple(d.batch_shape) == batch_shape + event_shape and tuple(d.event_shape) == ():
-        raise AssertionError(
-            f"{what} has batch_shape {list(d.batch_shape)} and event_shape [], expected "
-            f"{list(batch_shape)} and {list(event_shape)}; did you forget td.Independent "
-            f"over the outcome dimensions?")
-    expect(tuple(d.batch_shape) == batch_shape,
-           f"{what} has batch_shape {list(d.batch_shape)}, expected {list(batch_shape)}; "
-           f"does td.Independent reinterpret the right number of dimensions?")
-    expect(tuple(d.event_shape) == event_shape,
-           f"{what} has event_shape {list(d.event_shape)}, expected {list(event_shape)}; "
-           f"did you forget td.Independent over the outcome dimensions?")
 
 
 def _on(got: Tensor, device: str) -> bool:
@@ -228,7 +209,7 @@ def _pca_parts(result, K: int, device: str) -> tuple:
     """(mean, W, Z) that ``pca(X, K)`` returned, as reported plain tensors."""
     value = _returned(result, "pca")
     expect(isinstance(value, list) and len(value) == 3,
-           f"pca(X, {K}) should return a tuple (mean, W, Z), got {_kind(value)}")
+           f"pca(X, {K}) should return a tuple (mean, W, Z), got {kind_of(value)}")
     return tuple(tensor_value(v, f"{name} of pca(X, {K})")
                  for v, name in zip(value, ("mean", "W", "Z")))
 
@@ -445,7 +426,7 @@ def ppca_posterior_mean(probe: Probe, rng: torch.Generator) -> str:
     for device, result in zip(probe.devices, probe.run(_posterior_ops(probe, x, model))):
         what = f"ppca_posterior for x of shape [3, 5, D] ({device})"
         seen = _raised(result, "ppca_posterior")
-        _expect_distribution(_raised(_field(seen, "value"), "ppca_posterior"), (3, 5), (2,),
+        expect_distribution(_raised(_field(seen, "value"), "ppca_posterior"), (3, 5), (2,),
                              what)
         mean = _shaped(_raised(_field(seen, "mean"), "the posterior's mean"), (3, 5, 2),
                        "the posterior mean")
@@ -463,7 +444,7 @@ def _posterior_covariance(seen: dict, device: str) -> torch.Tensor:
     value = _raised(_field(seen, "value"), "ppca_posterior")
     cov = _field(seen, "covariance")
     if isinstance(cov, dict) and cov.get("raised") in ("AttributeError", "NotImplementedError"):
-        raise AssertionError(f"ppca_posterior returned a {_kind(value)}, which has no "
+        raise AssertionError(f"ppca_posterior returned a {kind_of(value)}, which has no "
                              f"covariance_matrix: the posterior of PPCA is correlated in general, "
                              f"return a td.MultivariateNormal")
     return _shaped(_raised(cov, "the posterior's covariance_matrix"), (3, 5, 2, 2),
@@ -542,7 +523,7 @@ def ppca_bayes(probe: Probe, rng: torch.Generator) -> str:
             return ("Bayes' rule is left to ppca-posterior-mean-tests and "
                     "ppca-posterior-cov-tests, which charge the posterior's mistake.")
         seen = _raised(result, "ppca_posterior")
-        _expect_distribution(_raised(_field(seen, "value"), "ppca_posterior"), (2, 3), (3,),
+        expect_distribution(_raised(_field(seen, "value"), "ppca_posterior"), (2, 3), (3,),
                              f"ppca_posterior for x of shape [2, 3, D] with K = 3 ({device})")
         log_post = _shaped(_raised(_field(seen, "log_prob"), "log_prob of ppca_posterior"),
                            (5, 2, 3), f"log p(z|x) at codes of shape [5, 2, 3, K] ({device})")
@@ -709,7 +690,7 @@ def log_weights(probe: Probe, rng: torch.Generator) -> str:
         shape = _raised(_field(seen, "value"), "log_weights")
         expect(isinstance(shape, dict) and shape.get("shape") == [_GRADIENT_DRAWS, 4],
                f"log_weights for x of shape [4, D] and S={_GRADIENT_DRAWS} has shape "
-               f"{shape.get('shape') if isinstance(shape, dict) else _kind(shape)}, expected "
+               f"{shape.get('shape') if isinstance(shape, dict) else kind_of(shape)}, expected "
                f"[{_GRADIENT_DRAWS}, 4]")
         expect(shape.get("requires_grad") is True,
                "the log-weights do not depend on the parameters of q: draw z with qz.rsample, "
@@ -985,7 +966,7 @@ def per_datapoint(probe: Probe, rng: torch.Generator) -> str:
     for device, result in zip(devices, results):
         seen = _raised(result, "fit_per_datapoint")
         q = _raised(_field(seen, "value"), "fit_per_datapoint")
-        _expect_distribution(q, (2, 3), (2,),
+        expect_distribution(q, (2, 3), (2,),
                              f"fit_per_datapoint for x of shape [2, 3, D] ({device})")
         after = _items(_field(seen, "parameters"), 3)
         expect(all(isinstance(a, Tensor) and torch.equal(a.data, model[k])

@@ -16,7 +16,8 @@ import torch.distributions as td
 import torch.nn.functional as F
 
 from course.judges._common import (Probe, call, draw_seed, expanded, expect, expect_close,
-                                   known_mistake, leaf, returned, statistical, tensor_value)
+                                   kind_of, known_mistake, leaf, returned, statistical,
+                                   tensor_value)
 from dpm_core.kl import KL as KL_ref
 from dpm_core.vae import loss_func as loss_func_ref
 
@@ -212,7 +213,7 @@ def reparametrise_distribution(probe: Probe, rng: torch.Generator) -> str:
         got_shape = getattr(z, "shape", None)
         expect(got_shape is not None and tuple(got_shape) == (n, *shape),
                f"z should be a tensor with the shape of mu, {[n, *shape]}, got "
-               f"{list(got_shape) if got_shape is not None else _kind(z)}")
+               f"{list(got_shape) if got_shape is not None else kind_of(z)}")
         z = tensor_value(z, "z")
         expect(z.device.split(":")[0] == device,
                f"z is on {z.device} for inputs on {device}: make the noise with "
@@ -268,9 +269,6 @@ def reparametrise_distribution(probe: Probe, rng: torch.Generator) -> str:
     return "Hidden tests of the distribution of z passed."
 
 
-def _kind(value) -> str:
-    """What a returned value is, in a message."""
-    return value.type if hasattr(value, "kind") else type(value).__name__
 
 
 def reparametrise_gradient(probe: Probe, rng: torch.Generator) -> str:
@@ -300,7 +298,7 @@ def reparametrise_gradient(probe: Probe, rng: torch.Generator) -> str:
         got_shape = getattr(z, "shape", None)
         expect(got_shape is not None and tuple(got_shape) == shape,
                f"z should be a tensor with the shape of mu, {list(shape)}, got "
-               f"{list(got_shape) if got_shape is not None else _kind(z)}")
+               f"{list(got_shape) if got_shape is not None else kind_of(z)}")
         z = tensor_value(z, "z")
         expect(z.requires_grad,
                "z carries no gradient: .sample() (like .detach(), torch.no_grad() or NumPy) cuts "
