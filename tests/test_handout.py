@@ -178,6 +178,10 @@ def test_no_answers_in_the_handout(builds, name):
         if assignment not in stage.released:
             secrets[f"answer of {assignment}"] = _answer_lines(assignment) - released
     for path in stage.withheld:
+        if _answer_body(path) and _answer_body(path) <= released:
+            # public already: NVIL.elbo and NVIL.log_prob_estimate (importance_sampling) are
+            # lines of the NVIL that dpm2_inference's released solution holds
+            continue
         secrets[f"body of {path}"] = _answer_body(path, released)
     assert all(secrets.values()), "every secret has distinctive lines to look for"
     leaks = []

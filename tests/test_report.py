@@ -1,8 +1,13 @@
-"""The class report (course.report) on a small class graded for real.
+"""A term of one assignment, end to end, and the class report (course.report) at its end.
 
-One module-scoped course (``source/vae_basics`` only, the quickest assignment to grade) gets
-six students, graded by the class grader (``course.grade.grade_class``, one worker, the
-kernels in bubblewrap when it runs here, else unsandboxed: it is our own code):
+One module-scoped course (``source/vae_basics`` only, the quickest assignment to grade) goes
+through what an instructor does: the roster is loaded (``course.roster``), the hand-out is
+built (``course.handout``, week 1), each student fills the hand-out's notebook, the LMS hands
+the instructor one Canvas zip of the class (``<lastfirst>_<user id>_<file id>_<file>``),
+``nbgrader zip_collect`` collects it by the roster's names (``course/lms.py``), the class
+grader grades it (``course.grade.grade_class``, one worker, the kernels in bubblewrap when it
+runs here, else unsandboxed: it is our own code), then ``nbgrader generate_feedback``,
+``nbgrader export`` and the report. Six students:
 
 * ``kl-sign``: the reference solution with the KL's sign flipped;
 * ``two-mistakes``: the same flip, and ``exp(logvar)`` used as the standard deviation in
@@ -10,27 +15,32 @@ kernels in bubblewrap when it runs here, else unsandboxed: it is our own code):
 * ``writer``: correct code of its own, written otherwise than the reference;
 * ``copier``: ``writer``'s work with its variables renamed and its comments reworded;
 * ``other``: correct code written independently of ``writer``;
-* ``misnamed``: the reference handed in as ``vae_basics (1).ipynb``, which the grader does
-  not find (no kernel runs): the submission to review.
+* ``misnamed``: the reference handed in outside the LMS (by e-mail, put into
+  ``course/submitted`` by hand) as ``vae_basics (1).ipynb``, which the grader does not find
+  (no kernel runs): the submission to review.
 
 The report's numbers are checked against the gradebook (nbgrader's API) and the autograded
 notebooks, and its similarity section must list ``writer`` and ``copier`` but not ``writer``
 and ``other``. The browser test renders the page in Debian's Chromium with the network off
 and saves ``docs/class-report.png``, the picture in the README.
 
-Wall time: about 2 minutes (132 s measured) on two free cores, nearly all of it grading:
-five notebooks of 15 to 30 s, and about 30 s to register the assignment and start the
-cluster; 4 minutes (228 s) when other work kept the two cores busy. The report itself takes
-a few seconds.
+Wall time: about 3 minutes on two free cores, nearly all of it grading: five notebooks of 15
+to 30 s, and about 30 s to register the assignment and start the cluster; the roster, the
+hand-out, zip_collect, the feedback and the export take about 40 s together, the report a few
+seconds.
 """
 
 from __future__ import annotations
 
+import csv
 import difflib
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -38,10 +48,12 @@ import pytest
 from nbgrader.api import Gradebook
 
 from browser import chromium_page, needs_chromium
+from course import handout
 from course.grade import grade_class
 from course.merge import GRADING_RECORD, grading_record
 from course.report import (ClassReport, collect, given_code, main, mistake_key,
                            similarities, solution_code, write_report)
+from course.roster import main as roster_main
 from course.sandbox import SandboxUnavailable, check_sandbox
 from course.submission import Limits
 
@@ -117,17 +129,32 @@ CLASS = {
 MISNAMED = "misnamed"
 
 
-def _notebook(changes: dict):
-    """The source notebook with its solution cells changed: ``(old, new)`` edits the reference
-    solution, a string is the student's own code in place of the solution region."""
-    nb = nbformat.read(SOURCE, 4)
+#: the roster: student id -> (first name, last name); Canvas names files by "lastfirst"
+NAMES = {"kl-sign": ("Karla", "Sign"), "two-mistakes": ("Tomás", "Dos-Errores"),
+         "writer": ("Wren", "Writer"), "copier": ("Cody", "Copier"), "other": ("Otto", "Other"),
+         MISNAMED: ("Mia", "Named")}
+
+
+def _notebook(changes: dict, handed_out: Path = None):
+    """The student's notebook: the hand-out's release notebook (by default the repository's
+    release) with each solution cell filled as the reference solution fills it, then changed:
+    ``(old, new)`` edits the reference solution, a string is the student's own code in place
+    of the solution region."""
+    solutions = {c.metadata.nbgrader["grade_id"]: c.source for c in nbformat.read(SOURCE, 4).cells
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    nb = nbformat.read(handed_out or REPO / "release" / "vae_basics" / "vae_basics.ipynb", 4)
     for cell in nb.cells:
-        change = changes.get(cell.metadata.get("nbgrader", {}).get("grade_id"))
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in solutions:
+            cell.source = solutions[grade_id]
+        change = changes.get(grade_id)
         if isinstance(change, tuple):
             assert change[0] in cell.source, change
             cell.source = cell.source.replace(*change)
         elif change is not None:
             cell.source = _REGION.sub(lambda _: change, cell.source)
+        if grade_id in solutions:  # a student's notebook has no solution markers
+            cell.source = re.sub(r"[ \t]*### (BEGIN|END) SOLUTION\n?", "", cell.source)
     return nb
 
 
@@ -141,18 +168,83 @@ def _limits() -> Limits:
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory) -> tuple:
-    """The course root, graded, and ``{student: Result}``."""
-    root = tmp_path_factory.mktemp("report")
+def term(tmp_path_factory) -> dict:
+    """The course root after the roster, the hand-out and zip_collect; what each step said."""
+    root = tmp_path_factory.mktemp("term")
     shutil.copytree(REPO / "source" / "vae_basics", root / "source" / "vae_basics")
-    submitted = root / "course" / "submitted"
-    for student, changes in CLASS.items():
-        (submitted / student / "vae_basics").mkdir(parents=True)
-        nbformat.write(_notebook(changes), submitted / student / "vae_basics" / "vae_basics.ipynb")
-    (submitted / MISNAMED / "vae_basics").mkdir(parents=True)
-    nbformat.write(_notebook({}), submitted / MISNAMED / "vae_basics" / "vae_basics (1).ipynb")
+    (root / "course").mkdir()
+    roster = root / "students.csv"
+    roster.write_text("id,first_name,last_name,email\n" + "".join(
+        f"{i},{first},{last},{i}@uni.example.org\n" for i, (first, last) in NAMES.items()),
+        encoding="utf-8")
+    assert roster_main([str(roster), "--root", str(root)]) == 0
+
+    stage = handout.build(root / "handout", ["vae_basics"])
+    handed_out = root / "handout" / "assignments" / "vae_basics" / "vae_basics.ipynb"
+    assert stage.open == ["vae_basics"] and handed_out.is_file()
+
+    archive = root / "course" / "downloaded" / "vae_basics" / "archive"
+    archive.mkdir(parents=True)
+    with zipfile.ZipFile(archive / "submissions.zip", "w") as zf:
+        for n, (student, changes) in enumerate(CLASS.items()):
+            first, last = NAMES[student]
+            lastfirst = re.sub(r"\W", "", f"{last}, {first}".lower())
+            zf.writestr(f"{lastfirst}_{1000 + n}_{5000 + n}_vae_basics.ipynb",
+                        nbformat.writes(_notebook(changes, handed_out)))
+    collected = pipeline_nbgrader(["zip_collect", "vae_basics", "--force"], root)
+    misnamed = root / "course" / "submitted" / MISNAMED / "vae_basics"
+    misnamed.mkdir(parents=True)
+    nbformat.write(_notebook({}, handed_out), misnamed / "vae_basics (1).ipynb")
+    return {"root": root, "collected": collected, "handed_out": handed_out}
+
+
+@pytest.fixture(scope="module")
+def graded(term) -> tuple:
+    """The course root, graded (then its feedback and export written), and
+    ``{student: Result}``."""
+    root = term["root"]
     results = grade_class(root, [ASSIGNMENT], limits=_limits(), workers=1, progress=False)
+    pipeline_nbgrader(["generate_feedback", "vae_basics", "--force"], root)
+    pipeline_nbgrader(["export"], root)
     return root, {r.student: r for r in results}
+
+
+def pipeline_nbgrader(args: list, root: Path) -> str:
+    """Run an nbgrader command on the course at ``root`` as the instructor types it (default
+    log level; nbgrader_config.py from the repository); its output. Fails when nbgrader does."""
+    env = dict(os.environ, DPM_COURSE_ROOT=str(root),
+               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    env.pop("NBGRADER_EXECUTION", None)
+    run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout + run.stderr
+
+
+def test_the_lms_zip_is_collected_by_the_roster_s_names(term):
+    """Does zip_collect put each student's notebook from the Canvas zip into the student's own
+    folder (matched by name, accents and hyphens included), exactly as handed in?"""
+    root = term["root"]
+    for student, changes in CLASS.items():
+        path = root / "course" / "submitted" / student / "vae_basics" / "vae_basics.ipynb"
+        assert path.is_file(), (student, term["collected"])
+        assert nbformat.read(path, 4) == _notebook(changes, term["handed_out"]), student
+    assert "WARNING" not in term["collected"], term["collected"]
+
+
+def test_every_student_gets_feedback_and_a_row_in_the_export(graded):
+    """After grading: a feedback page for every student (the grader's own record not among
+    its files), and a grades.csv in course/ whose scores are the gradebook's."""
+    root, results = graded
+    for student in results:
+        folder = root / "course" / "feedback" / student / "vae_basics"
+        assert (folder / "vae_basics.html").is_file(), student
+        assert not (folder / GRADING_RECORD).exists()
+    with open(root / "course" / "grades.csv", newline="") as f:
+        rows = {r["student_id"]: float(r["score"]) for r in csv.DictReader(f)}
+    with Gradebook(f"sqlite:///{root / 'course' / 'gradebook.db'}") as gb:
+        expected = {s.student.id: s.score for s in gb.find_assignment("vae_basics").submissions}
+    assert rows == expected and set(rows) == set(NAMES)
 
 
 @pytest.fixture(scope="module")
