@@ -48,7 +48,7 @@ import pytest
 from nbgrader.api import Gradebook
 
 from browser import chromium_page, needs_chromium
-from course import handout
+from course import handout, pipeline
 from course.grade import grade_class
 from course.merge import GRADING_RECORD, grading_record
 from course.report import (ClassReport, collect, given_code, main, mistake_key,
@@ -173,6 +173,7 @@ def term(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("term")
     shutil.copytree(REPO / "source" / "vae_basics", root / "source" / "vae_basics")
     (root / "course").mkdir()
+    pipeline.generate_release(root, [ASSIGNMENT])  # a course has its release/ (committed here)
     roster = root / "students.csv"
     roster.write_text("id,first_name,last_name,email\n" + "".join(
         f"{i},{first},{last},{i}@uni.example.org\n" for i, (first, last) in NAMES.items()),
@@ -229,7 +230,9 @@ def test_the_lms_zip_is_collected_by_the_roster_s_names(term):
         path = root / "course" / "submitted" / student / "vae_basics" / "vae_basics.ipynb"
         assert path.is_file(), (student, term["collected"])
         assert nbformat.read(path, 4) == _notebook(changes, term["handed_out"]), student
-    assert "WARNING" not in term["collected"], term["collected"]
+    warnings = [line for line in term["collected"].splitlines() if "WARNING" in line
+                and "Directory not found. Creating" not in line]  # nbgrader's way to say mkdir
+    assert warnings == [], term["collected"]
 
 
 def test_every_student_gets_feedback_and_a_row_in_the_export(graded):
