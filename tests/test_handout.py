@@ -315,9 +315,10 @@ def _commands(problem: str) -> list:
         if not line.strip().startswith("make handout"):
             continue
         words = shlex.split(line.strip())[2:]
-        # the make that runs this test (`make test ARGS="-q"`) passes its variables down to
-        # every make below it through MAKEFLAGS: the dry run gets a clean environment
-        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        # the make that runs this test (`make test ARGS="-q"`) hands its command-line variables
+        # to every process below it (MAKEFLAGS, and the environment): the dry run gets neither
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "ARGS", "OPEN", "RELEASE", "OUT")}
         dry = subprocess.run(["make", "-n", "-C", str(REPO), "handout", *words], env=env,
                              capture_output=True, text=True, check=True).stdout
         run = next(line for line in dry.splitlines() if " -m course.handout " in line)
