@@ -246,6 +246,27 @@ def graded_cell_outcomes(assignment: str, replace: tuple | None = None,
     return results, self_checks_failed
 
 
+def self_check_outcome(assignment: str, grade_id: str, replace: tuple | None = None) -> str | None:
+    """What a student sees before submitting: run the self-check cell of the graded cell
+    ``grade_id`` (the visible cell right before it) on the namespace of
+    ``reference_namespace(assignment, replace)`` with ``SELF_CHECK_CONTEXT_CELLS``, torch
+    seeded 0.
+
+    Returns:
+        None if the self-checks pass, else "ErrorType: message".
+    """
+    import torch
+
+    ns = reference_namespace(assignment, replace,
+                             also=tuple(SELF_CHECK_CONTEXT_CELLS.get(assignment, ())))
+    torch.manual_seed(0)
+    try:
+        exec(_compiled(self_check_code(assignment, grade_id), f"<{self_check_id(grade_id)}>"), ns)
+    except Exception as error:  # noqa: BLE001 -- any error is a failed self-check
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 def outcomes(assignment: str, replace: tuple | None = None, after: str | None = None,
              only: list | None = None) -> dict:
     """``{grade id: None if its check passed, else "ErrorType: message"}`` for the checks of

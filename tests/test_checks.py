@@ -33,7 +33,7 @@ import check_variants
 from checks_harness import (ASSIGNMENTS, BEGIN, REPO, SELF_CHECK_CONTEXT_CELLS, affected_checks,
                             cell_code, checks, graded_cell_outcomes, notebook_cells, outcomes,
                             reference_namespace, run_check, self_check_code, self_check_id,
-                            self_check_names_read)
+                            self_check_names_read, self_check_outcome)
 
 from course import sync_checks
 from course.judges import JUDGED, judges
@@ -260,6 +260,19 @@ def catalogue_report(request):
             if not v["caught"]:
                 write(f"  got through: {key}"
                       + (f" (accepted: {v['accepted']})" if v["accepted"] else ""))
+        write("before submission, the visible self-check cell of the exercise flags (share of "
+              "the catalogue), next to the hidden tests:")
+        for assignment in ASSIGNMENTS:
+            mine = [v for v in _CAUGHT.values() if v["assignment"] == assignment]
+            if mine:
+                flagged = sum(v["flagged"] for v in mine)
+                hidden = sum(v["caught"] for v in mine)
+                write(f"  {assignment:<20} self-checks {flagged:>3} / {len(mine):<3} "
+                      f"({100 * flagged / len(mine):3.0f}%)   hidden tests {hidden:>3} / "
+                      f"{len(mine):<3} ({100 * hidden / len(mine):3.0f}%)")
+        for key, v in _CAUGHT.items():
+            if not v["flagged"]:
+                write(f"  no self-check flags: {key}")
     if _GRADED:
         twice = [k for k, v in _GRADED.items() if v["others"]]
         warned = [k for k, v in _GRADED.items() if v["self_checks"]]
@@ -296,8 +309,12 @@ def test_mistake_fails_its_check_with_a_message_that_names_it(mistake, catalogue
                    only=[mistake.check])
     message = got[mistake.check]
     named = message is not None and all(w.lower() in message.lower() for w in mistake.words)
+    seen = self_check_outcome(mistake.assignment, mistake.check,
+                              (mistake.cell, mistake.old, mistake.new))
     catalogue_report[_key(mistake)] = {"caught": message is not None, "named": named,
-                                       "accepted": mistake.accepted}
+                                       "accepted": mistake.accepted,
+                                       "assignment": mistake.assignment,
+                                       "flagged": seen is not None}
     if mistake.accepted:
         pytest.xfail(f"accepted: {mistake.accepted}")
     assert message is not None, f"{mistake.check} passed a wrong solution: {mistake.new!r}"
@@ -339,9 +356,20 @@ def test_mistake_costs_no_other_graded_cell_as_nbgrader_runs_them(mistake, catal
 @pytest.mark.parametrize("variant", VARIANTS, ids=[f"{v.assignment}:{v.description[:50]}" for v in VARIANTS])
 def test_valid_variant_passes_every_check(variant):
     """Does this correct solution, written differently from the reference, pass every check?"""
-    got = outcomes(variant.assignment, (variant.cell, variant.old, variant.new), after=variant.cell)
+    replace = (variant.cell, variant.old, variant.new)
+    got = outcomes(variant.assignment, replace, after=variant.cell)
     failed = {g: m for g, m in got.items() if m is not None}
     assert not failed, f"{variant.description}: {failed}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[f"{v.assignment}:{v.description[:50]}" for v in VARIANTS])
+def test_valid_variant_passes_the_self_checks_of_its_exercise(variant):
+    """Does no self-check cell raise a false alarm on this correct solution (those of the
+    checks that could fail because of the changed cell, ``affected_checks``)?"""
+    replace = (variant.cell, variant.old, variant.new)
+    alarms = {g: m for g in affected_checks(variant.assignment, variant.cell)
+              for m in [self_check_outcome(variant.assignment, g, replace)] if m is not None}
+    assert not alarms, f"{variant.description}: the self-checks say {alarms}"
 
 
 @pytest.mark.parametrize("assignment", [a for a in ASSIGNMENTS if a in JUDGED])
