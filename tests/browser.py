@@ -30,8 +30,8 @@ from typing import Iterator, Optional
 
 import pytest
 
-__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "needs_chromium", "free_port", "jupyter_server",
-           "chromium_page"]
+__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "needs_chromium", "in_chromium", "free_port",
+           "jupyter_server", "chromium_page", "offline_page"]
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("DPM_CHROMIUM", "/usr/bin/chromium"))
@@ -47,6 +47,14 @@ needs_chromium = [
                        reason="playwright is not installed (pip install playwright; the test "
                               "uses Debian's Chromium, not Playwright's browsers)"),
 ]
+
+
+def in_chromium(test):
+    """A browser test: marked with :data:`needs_chromium`, so skipped without Chromium or
+    playwright."""
+    for mark in needs_chromium:
+        test = mark(test)
+    return test
 
 
 def free_port() -> int:
@@ -155,3 +163,23 @@ def chromium_page(width: int = 1500, height: int = 1000, timeout: float = 90):
             yield page
         finally:
             browser.close()
+
+
+@contextmanager
+def offline_page(width: int = 1500, height: int = 1000, timeout: float = 90):
+    """A :func:`chromium_page` with the network off: ``file:`` URLs load, every other request
+    is aborted and its URL appended to the list yielded with the page (a page that works
+    offline leaves it empty)."""
+    network: list = []
+
+    def offline(route):
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            network.append(route.request.url)
+            route.abort()
+
+    with chromium_page(width, height, timeout) as page:
+        page.context.set_offline(True)
+        page.route("**/*", offline)
+        yield page, network

@@ -14,7 +14,6 @@ the README. It is skipped without Chromium, playwright or Debian's ``libjs-mathj
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from browser import CHROMIUM, CHROMIUM_ARGS
+from browser import in_chromium, offline_page
 from course import pipeline
 from course.feedback import FeedbackExporter, ScoreSummary
 
@@ -156,70 +155,49 @@ def test_mathjax_is_copied_beside_the_page(course):
     assert page.stat().st_size < 1_500_000
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
-@pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                    reason="playwright is not installed")
+@in_chromium
 def test_the_page_reads_well_offline(course):
     """In Chromium with the network off, does the page render every formula with the local
     MathJax (no raw $...$ left), show pending answers as awaiting grading, and wrap the long
     hint of a failed test instead of clipping it? Saves docs/feedback.png."""
     if not Path(FeedbackExporter().mathjax_dir, "MathJax.js").is_file():
         pytest.skip("Debian's libjs-mathjax is not installed (scripts/setup.sh installs it)")
-    from playwright.sync_api import sync_playwright
+    with offline_page(width=1000, height=800) as (page, network):
+        page.goto(course["pending"].as_uri())
+        page.wait_for_function("() => window.MathJax && MathJax.Hub", timeout=20_000)
+        page.evaluate("() => new Promise(done => "
+                      "MathJax.Hub.Register.StartupHook('End', done))")
 
-    network = []
+        # formulas: MathJax's SVG output everywhere, and no $...$ left in the prose
+        assert page.locator(".MathJax_SVG svg").count() >= 20
+        prose = page.evaluate("() => Array.from(document.querySelectorAll('.text_cell_render'),"
+                              " e => e.innerText).join('\\n')")
+        raw = re.findall(r"\$[^$\n]+\$", prose)
+        assert not raw, f"formulas left as TeX: {raw[:3]}"
+        exercise = page.locator(".text_cell_render p", has_text="Show that for a univariate")
+        assert exercise.locator(".MathJax_SVG").count() >= 2
+        assert "$" not in exercise.inner_text()
 
-    def offline(route):
-        if route.request.url.startswith("file:"):
-            route.continue_()
-        else:
-            network.append(route.request.url)
-            route.abort()
+        # written answers: awaiting, not 0
+        heading = page.locator(f"a[name='{GRADED_ZERO}'] + div.panel-heading")
+        assert "awaiting manual grading" in heading.inner_text()
+        assert "awaiting manual grading" in page.locator("p.score-line").inner_text()
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1000, "height": 800})
-            context.set_offline(True)
-            context.route("**/*", offline)
-            page = context.new_page()
-            page.goto(course["pending"].as_uri())
-            page.wait_for_function("() => window.MathJax && MathJax.Hub", timeout=20_000)
-            page.evaluate("() => new Promise(done => "
-                          "MathJax.Hub.Register.StartupHook('End', done))")
+        # the failed test's hint: longer than a line, wrapped, nothing scrolls sideways
+        hint = page.locator("xpath=//a[@name='kl-formula-tests']/ancestor::div[contains("
+                            "concat(' ', @class, ' '), ' code_cell ')][1]"
+                            "//div[contains(@class, 'output_error')]//pre")
+        assert len(hint.inner_text()) > 120, hint.inner_text()
+        box = hint.evaluate("e => ({scroll: e.scrollWidth, client: e.clientWidth, "
+                            "height: e.getBoundingClientRect().height, "
+                            "line: parseFloat(getComputedStyle(e).lineHeight)})")
+        assert box["scroll"] <= box["client"], box
+        assert box["height"] > 1.5 * box["line"], f"the hint did not wrap: {box}"
+        assert page.evaluate("() => document.documentElement.scrollWidth "
+                             "<= document.documentElement.clientWidth")
+        assert not network, f"the page reached for the network: {network}"
 
-            # formulas: MathJax's SVG output everywhere, and no $...$ left in the prose
-            assert page.locator(".MathJax_SVG svg").count() >= 20
-            prose = page.evaluate("() => Array.from(document.querySelectorAll('.text_cell_render'),"
-                                  " e => e.innerText).join('\\n')")
-            raw = re.findall(r"\$[^$\n]+\$", prose)
-            assert not raw, f"formulas left as TeX: {raw[:3]}"
-            exercise = page.locator(".text_cell_render p", has_text="Show that for a univariate")
-            assert exercise.locator(".MathJax_SVG").count() >= 2
-            assert "$" not in exercise.inner_text()
-
-            # written answers: awaiting, not 0
-            heading = page.locator(f"a[name='{GRADED_ZERO}'] + div.panel-heading")
-            assert "awaiting manual grading" in heading.inner_text()
-            assert "awaiting manual grading" in page.locator("p.score-line").inner_text()
-
-            # the failed test's hint: longer than a line, wrapped, nothing scrolls sideways
-            hint = page.locator("xpath=//a[@name='kl-formula-tests']/ancestor::div[contains("
-                                "concat(' ', @class, ' '), ' code_cell ')][1]"
-                                "//div[contains(@class, 'output_error')]//pre")
-            assert len(hint.inner_text()) > 120, hint.inner_text()
-            box = hint.evaluate("e => ({scroll: e.scrollWidth, client: e.clientWidth, "
-                                "height: e.getBoundingClientRect().height, "
-                                "line: parseFloat(getComputedStyle(e).lineHeight)})")
-            assert box["scroll"] <= box["client"], box
-            assert box["height"] > 1.5 * box["line"], f"the hint did not wrap: {box}"
-            assert page.evaluate("() => document.documentElement.scrollWidth "
-                                 "<= document.documentElement.clientWidth")
-            assert not network, f"the page reached for the network: {network}"
-
-            _screenshot(page)
-        finally:
-            browser.close()
+        _screenshot(page)
 
 
 def _screenshot(page) -> None:

@@ -47,7 +47,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from browser import chromium_page, needs_chromium
+from browser import in_chromium, offline_page
 from course import handout, pipeline
 from course.grade import grade_class
 from course.merge import GRADING_RECORD, grading_record
@@ -400,31 +400,13 @@ def test_the_command_writes_the_page_and_refuses_clearly(graded, tmp_path, capsy
     assert not (tmp_path / "x").exists()
 
 
-def _in_chromium(test):
-    """A browser test: skipped without Debian's Chromium or playwright (tests/browser.py)."""
-    for mark in needs_chromium:
-        test = mark(test)
-    return test
-
-
-@_in_chromium
+@in_chromium
 def test_the_page_reads_well_in_chromium(report, tmp_path):
     """In Chromium with the network off, does the page load every figure, fit its width, show
     the counted mistakes, the submission to review and the listed pair with its shared code
     marked? Saves docs/class-report.png."""
     page_path = write_report(report, tmp_path / "report")
-    network = []
-
-    def offline(route):
-        if route.request.url.startswith("file:"):
-            route.continue_()
-        else:
-            network.append(route.request.url)
-            route.abort()
-
-    with chromium_page(width=1200, height=900) as page:
-        page.context.set_offline(True)
-        page.route("**/*", offline)
+    with offline_page(width=1200, height=900) as (page, network):
         page.goto(page_path.as_uri())
         page.wait_for_load_state("load")
         images = page.evaluate("() => Array.from(document.images, i => [i.src.split('/').pop(),"
