@@ -21,6 +21,7 @@ __all__ = ["EXERCISES", "references", "resolve"]
 EXERCISES = {
     "vae_basics": {
         "kl-solution": {"KL": "dpm_core.kl.KL"},
+        "kl-full-solution": {"KL_full": "dpm_core.kl.KL_full"},
         "reparametrise-solution": {"reparametrise": "dpm_core.vae.reparametrise"},
         "loss-solution": {"loss_func": "dpm_core.vae.loss_func"},
     },
@@ -49,6 +50,8 @@ EXERCISES = {
         "pca-solution": {"pca": None},
         "ppca-solution": {"ppca_log_marginal": "dpm_core.ppca.PPCA.exact_log_marginal",
                           "ppca_posterior": "dpm_core.ppca.PPCA.exact_posterior"},
+        "em-e-step-solution": {"ppca_e_step": "dpm_core.ppca.e_step"},
+        "em-m-step-solution": {"ppca_m_step": "dpm_core.ppca.m_step"},
         "iwae-bound-solution": {"iwae_bound": None},
         "estimators-solution": {"log_weights": None, "elbo_estimate": "dpm_core.nvil.NVIL.elbo",
                                 "log_prob_estimate": "dpm_core.nvil.NVIL.log_prob_estimate"},

@@ -55,14 +55,18 @@ conditionals  CPD nets: Gaussian and MoG families, image models p(x|z)
 joint         :class:`JointDistribution` p(z) p(x|z)
 inference     :class:`InferenceModel` q(z|x)
 flows         flow q(z|x): :class:`FlowCPDNet`, :class:`AffineCoupling`
+discrete      binary and categorical codes, their relaxations, and an exact
+              test bed by enumeration (a package)
 variance      control variates for the score-function estimator
-kl            closed-form and Monte Carlo KL
+kl            closed-form (diagonal and full-covariance Gaussian) and Monte Carlo KL
 nvil          :class:`NVIL`, the objective and its estimators
 ppca          probabilistic PCA, the linear-Gaussian model with exact answers
 vae           the compact first VAE (``reparametrise``, ``loss_func``)
 training      :func:`train_vae`, :func:`assess`, :class:`OptCollection`
 threads       the CPU thread count of a training loop, chosen by timing it
 data          tensor-resident FashionMNIST / MNIST (a package)
+dequantise    grey levels as a model of discrete pixels: :class:`Dequantised`,
+              the bound on log P(k) in bits per dimension
 plotting      image grids, training curves, model figures, latent plots
               (a package)
 widgets       interactive latent explorer, interpolation and posterior views
@@ -86,10 +90,22 @@ every ``log_prob`` returns one number per batch element.
 
 from .conditionals import BinarizedImageModel, ContinuousImageModel, CPDNet, GaussianCPDNet, MoGCPDNet
 from .data import Binarizer, DataSplits, ImageData, load_data, load_fashion_mnist, load_mnist, read_idx
+from .dequantise import Dequantised, DequantisedImageModel, ImageLogDensity, bits_per_dim, discrete_bound
+from .discrete import (
+    BernoulliCPDNet,
+    BernoulliPriorNet,
+    LeaveOneOut,
+    OneHotCPDNet,
+    OneHotPriorNet,
+    enumerate_codes,
+    exact_elbo,
+    relaxed,
+    straight_through,
+)
 from .flows import AffineCoupling, FlowCPDNet
 from .inference import InferenceModel
 from .joint import JointDistribution
-from .kl import KL, kl_or_mc, mc_kl
+from .kl import KL, KL_full, kl_or_mc, mc_kl
 from .networks import (
     FlattenImage,
     MySequential,
@@ -115,8 +131,11 @@ __all__ = [
     "build_ffnn_decoder", "build_cnn_decoder", "build_ffnn_encoder", "build_cnn_encoder",
     "JointDistribution", "InferenceModel", "FlowCPDNet", "AffineCoupling",
     "VarianceReduction", "CentredReward", "ScaledReward", "SelfCritic", "Baseline", "CVChain",
-    "NVIL", "KL", "mc_kl", "kl_or_mc",
+    "NVIL", "KL", "KL_full", "mc_kl", "kl_or_mc",
+    "BernoulliPriorNet", "OneHotPriorNet", "BernoulliCPDNet", "OneHotCPDNet", "LeaveOneOut",
+    "enumerate_codes", "exact_elbo", "relaxed", "straight_through",
     "PPCA", "LinearGaussianCPDNet", "VAE", "reparametrise", "loss_func",
     "seed_all", "default_device", "OptCollection", "assess", "train_vae",
     "Binarizer", "DataSplits", "ImageData", "load_data", "load_fashion_mnist", "load_mnist", "read_idx",
+    "Dequantised", "DequantisedImageModel", "ImageLogDensity", "bits_per_dim", "discrete_bound",
 ]

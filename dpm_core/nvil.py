@@ -102,8 +102,10 @@ class NVIL(nn.Module):
         inf_model: q(z|x), any CPD net that maps ``batch_shape + data_shape`` to a
             distribution over the latent (usually an :class:`InferenceModel`).
         cv_model: control variates for the score-function terms (default: none); one
-            that rescales the reward (:class:`ScaledReward`) rescales those terms only, so
-            under ``"mixture"`` it reweights the mixing weights' gradient against the rest.
+            that rescales the reward (:class:`ScaledReward`) rescales those terms only: with
+            a closed-form rate, whose exact gradient is not rescaled, q then follows
+            (1/s) grad E_q[log p(x|z)] - beta grad KL, an implicit beta of s on the encoder,
+            and under ``"mixture"`` it reweights the mixing weights' gradient against the rest.
         estimator: the gradient estimator that :meth:`forward` and
             :meth:`surrogate_loss` use when called without one (so that
             :func:`train_vae` trains with it): ``"auto"``, ``"reparam"``, ``"sfe"``
@@ -257,6 +259,15 @@ class NVIL(nn.Module):
         That gradient of f also differentiates log q(z|x) at fixed z, weights
         included; this part has mean E_q[grad log q(z|x)] = 0, so it adds no bias.
         With a closed-form rate, f = log p(x|z) and -beta grad KL is exact.
+
+        The score-function estimator with a sampled rate has no -beta log q(z|x) term
+        of its own in the surrogate, although the rate contains log q(z|x). Its
+        gradient at a fixed draw z would be -beta grad log q(z|x), whose expectation
+        E_q[grad log q(z|x)] = grad of the integral of q = 0: it adds only noise. The
+        part of the rate's gradient that does not vanish, from q choosing where z
+        lands, is a score-function term, and it is already in the estimator:
+        -beta (log q(z|x) - log p(z)) is part of the reward r that multiplies
+        grad log q(z|x). The +beta log p(z) term remains for p's parameters.
 
         Args:
             x: a batch of observations ``[B] + data_shape``.

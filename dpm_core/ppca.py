@@ -5,12 +5,16 @@ p(x) and a Gaussian posterior p(z|x) in closed form (Tipping & Bishop, 1999; the
 formulas are in :meth:`PPCA.marginal` and :meth:`PPCA.exact_posterior`). Everything
 that VI and importance sampling only estimate is available here exactly, which makes
 PPCA the reference for checking those estimators.
+
+:func:`e_step` and :func:`m_step` are the two steps of expectation maximisation for PPCA
+(Tipping & Bishop, 1999, section 3.2; Bishop, *Pattern Recognition and Machine Learning*,
+section 12.2.2): the posterior moments of the codes under the current parameters, and the
+parameters that maximise the expected complete-data log-likelihood under them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.distributions as td
@@ -22,7 +26,7 @@ from .joint import JointDistribution
 from .priors import GaussianPriorNet
 from .utils import positive_int, positive_number
 
-__all__ = ["LinearGaussianCPDNet", "PPCA"]
+__all__ = ["LinearGaussianCPDNet", "PPCA", "e_step", "m_step"]
 
 
 class LinearGaussianCPDNet(CPDNet):
@@ -103,3 +107,54 @@ class PPCA(JointDistribution):
         mean = torch.linalg.solve(M, ((x - b) @ W).unsqueeze(-1)).squeeze(-1)  # [..., K]
         cov = s2 * torch.linalg.inv(M)
         return td.MultivariateNormal(mean, covariance_matrix=cov.expand(mean.shape[:-1] + (K, K)))
+
+
+def e_step(x: Tensor, W: Tensor, b: Tensor, sigma) -> tuple[Tensor, Tensor]:
+    """The E-step of EM for PPCA: the posterior moments of the codes under (W, b, sigma).
+
+    Args:
+        x: observations ``batch_shape + (D,)``.
+        W: ``[D, K]``.
+        b: ``[D]``.
+        sigma: the noise scale (a float or a 0-d tensor).
+
+    Returns:
+        ``(Ez, Ezz)``: E[z|x] with shape ``batch_shape + (K,)`` and E[z z^T|x] with shape
+        ``batch_shape + (K, K)``.
+
+    E[z|x] = M^{-1} W^T (x - b) and E[z z^T|x] = sigma^2 M^{-1} + E[z|x] E[z|x]^T, with
+    M = W^T W + sigma^2 I: the posterior's mean, and its covariance plus the outer product of
+    the mean.
+    """
+    K = W.shape[1]
+    s2 = sigma ** 2
+    M = W.T @ W + s2 * torch.eye(K, dtype=W.dtype, device=W.device)  # [K, K]
+    Ez = torch.linalg.solve(M, ((x - b) @ W).unsqueeze(-1)).squeeze(-1)  # [..., K]
+    Ezz = s2 * torch.linalg.inv(M) + Ez.unsqueeze(-1) * Ez.unsqueeze(-2)  # [..., K, K]
+    return Ez, Ezz
+
+
+def m_step(x: Tensor, Ez: Tensor, Ezz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The M-step of EM for PPCA: the parameters that maximise the expected complete-data
+    log-likelihood sum_n E[log p(z_n, x_n)] under the E-step's moments.
+
+    Args:
+        x: observations ``[N, D]``.
+        Ez: E[z_n|x_n], ``[N, K]``.
+        Ezz: E[z_n z_n^T|x_n], ``[N, K, K]``.
+
+    Returns:
+        ``(W, b, sigma)``: ``[D, K]``, ``[D]`` and the noise scale ``[]``.
+
+    b = mean of x (the maximum-likelihood mean, whatever W and sigma are; once the E-step has
+    used it, sum_n E[z_n] = 0 and it maximises the expected log-likelihood too);
+    W = [sum_n (x_n - b) E[z_n]^T] [sum_n E[z_n z_n^T]]^{-1}; and, with this new W,
+    sigma^2 = 1/(N D) sum_n (||x_n - b||^2 - 2 E[z_n]^T W^T (x_n - b) + tr(E[z_n z_n^T] W^T W)).
+    """
+    N, D = x.shape
+    b = x.mean(0)
+    xc = x - b  # [N, D]
+    W = torch.linalg.solve(Ezz.sum(0), Ez.T @ xc).T  # [D, K]; sum_n Ezz_n is symmetric
+    s2 = ((xc ** 2).sum() - 2 * (Ez * (xc @ W)).sum()
+          + (Ezz * (W.T @ W)).sum()) / (N * D)  # tr(A B) = sum(A * B^T), W^T W symmetric
+    return W, b, s2.sqrt()

@@ -30,6 +30,11 @@ _EPS = "eps = torch.randn_like(mu)"
 _Z = "return mu + eps * torch.exp(0.5 * logvar)"
 _BCE = 'nll = F.binary_cross_entropy(recon_x, x, reduction="none").sum(-1)'
 _LOSS = "return (nll + KL(mu, logvar)).mean()"
+_FULL_M = "M = torch.linalg.solve_triangular(L_p, L_q, upper=False)"
+_FULL_Y = "y = torch.linalg.solve_triangular(L_p, (mu_p - mu_q).unsqueeze(-1), upper=False)"
+_FULL_RETURN = "return 0.5 * (trace + quad - K + log_det_p - log_det_q)"
+_FULL_LOG_DETS = ("log_det_p = 2 * torch.diagonal(L_p, dim1=-2, dim2=-1).log().sum(-1)  # log det Sigma_p\n"
+                  "    log_det_q = 2 * torch.diagonal(L_q, dim1=-2, dim2=-1).log().sum(-1)")
 
 
 def _vae(cell, old, new, check, *words, accepted="", also=(), why_also=""):
@@ -81,6 +86,10 @@ _IWAE = "return torch.logsumexp(log_weights, dim=0) - math.log(S)"
 _LW = "return joint.log_prob(z, x) - qz.log_prob(z)"
 _ELBO = "return log_weights(x, qz, joint, num_samples).mean(dim=0)"
 _LPE = "return iwae_bound(log_weights(x, qz, joint, num_samples))"
+_EZ = "Ez = (X - b) @ W @ M_inv"
+_EZZ = "Ezz = sigma ** 2 * M_inv + Ez.unsqueeze(-1) * Ez.unsqueeze(-2)"
+_EM_M = "M = W.T @ W + sigma ** 2 * torch.eye(K, dtype=W.dtype, device=W.device)"
+_MW = "W = Xc.T @ Ez @ torch.linalg.inv(Ezz.sum(dim=0))"
 
 
 def _bey(cell, old, new, check, *words, accepted="", also=(), why_also=""):
@@ -139,6 +148,49 @@ MISTAKES = [
          "kl-reduction-tests", "dim 1"),
     _vae("kl-solution", _KL, "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum()",
          "kl-reduction-tests", "reduced over everything"),
+    # vae_basics: the full-covariance KL, single Gaussians
+    _vae("kl-full-solution", "K = mu_q.shape[-1]",
+         "K = mu_q.shape[-1]\n    mu_q, L_q, mu_p, L_p = mu_p, L_p, mu_q, L_q",
+         "kl-full-value-tests", "KL(p || q)"),
+    _vae("kl-full-solution", _FULL_RETURN, "return 0.5 * (trace + quad + log_det_p - log_det_q)",
+         "kl-full-value-tests", "-K term is missing"),
+    _vae("kl-full-solution", _FULL_RETURN, "return trace + quad - K + log_det_p - log_det_q",
+         "kl-full-value-tests", "factor 1/2"),
+    _vae("kl-full-solution", _FULL_LOG_DETS, _FULL_LOG_DETS.replace("= 2 * torch", "= torch"),
+         "kl-full-value-tests", "log-determinant of L"),
+    _vae("kl-full-solution", _FULL_RETURN, "return 0.5 * (trace + quad - K - log_det_p + log_det_q)",
+         "kl-full-value-tests", "wrong signs"),
+    _vae("kl-full-solution", _FULL_M, "M = torch.linalg.solve_triangular(L_q, L_p, upper=False)",
+         "kl-full-value-tests", "inverts the wrong matrix"),
+    _vae("kl-full-solution", _FULL_M + "  # L_p^{-1} L_q, [..., K, K]\n    " + _FULL_Y,
+         "M = torch.linalg.solve_triangular(L_p.mT, L_q, upper=True)\n    "
+         "y = torch.linalg.solve_triangular(L_p.mT, (mu_p - mu_q).unsqueeze(-1), upper=True)",
+         "kl-full-value-tests", "transposed"),
+    _vae("kl-full-solution", _FULL_M + "  # L_p^{-1} L_q, [..., K, K]\n    " + _FULL_Y,
+         "M = torch.linalg.solve_triangular(L_p, L_q, upper=True)\n    "
+         "y = torch.linalg.solve_triangular(L_p, (mu_p - mu_q).unsqueeze(-1), upper=True)",
+         "kl-full-value-tests", "upper=False"),
+    _vae("kl-full-solution", "trace = M.pow(2).sum((-2, -1))",
+         "trace = torch.diagonal(M, dim1=-2, dim2=-1).sum(-1)", "kl-full-value-tests",
+         "Frobenius"),
+    _vae("kl-full-solution", _FULL_RETURN, "return 0.5 * (trace - K + log_det_p - log_det_q)",
+         "kl-full-value-tests", "quadratic form"),
+    _vae("kl-full-solution", _FULL_RETURN, _FULL_RETURN.replace("return", "return (") + ").detach()",
+         "kl-full-value-tests", "no gradient"),
+    _vae("kl-full-solution", _FULL_Y,
+         "y = torch.linalg.solve_triangular(L_p, (mu_p - mu_q).detach().unsqueeze(-1), upper=False)",
+         "kl-full-value-tests", "gradient of KL_full with respect to mu_q"),
+    # vae_basics: the full-covariance KL, batches and broadcasting
+    _vae("kl-full-solution", _FULL_LOG_DETS,
+         "log_det_p = 2 * torch.diagonal(L_p).log().sum(-1)\n"
+         "    log_det_q = 2 * torch.diagonal(L_q).log().sum(-1)",
+         "kl-full-batch-tests", "default dims"),
+    _vae("kl-full-solution", "K = mu_q.shape[-1]", "K = mu_q.shape[0]", "kl-full-batch-tests",
+         "mu.shape[0]"),
+    _vae("kl-full-solution", "trace = M.pow(2).sum((-2, -1))", "trace = M.pow(2).sum()",
+         "kl-full-batch-tests", "sum over a leading dimension"),
+    _vae("kl-full-solution", "quad = y.pow(2).sum((-2, -1))", "quad = y.pow(2).sum((0, 1))",
+         "kl-full-batch-tests", "KL_full"),
     # vae_basics: the distribution of z
     _vae("reparametrise-solution", _EPS, "eps = torch.rand_like(mu)",
          "reparametrise-distribution-tests", "randn_like"),
@@ -214,6 +266,8 @@ MISTAKES = [
     _gen("gaussian-prior-solution", _NORMAL,
          "normal = td.Normal(loc=torch.zeros(shape), scale=torch.ones(shape))",
          "gaussian-prior-buffers-tests", "float32"),
+    _gen("gaussian-prior-solution", _NORMAL, "normal = td.Normal(loc=self.locs, scale=self.scales)",
+         "gaussian-prior-tests", "batch_shape"),
     # dpm2_generative: the mixture prior
     _gen("mog-prior-solution", _MIXING,
          "mixing = td.Categorical(probs=self.logits.expand(batch_shape + (self.num_components,)))",
@@ -236,6 +290,10 @@ MISTAKES = [
     _gen("mog-prior-solution", _COMPONENTS,
          "td.Normal(loc=self.locs.expand(comp_shape), scale=self.scales.expand(comp_shape) ** 2)",
          "mog-prior-values-tests", "standard deviations"),
+    _gen("mog-prior-solution", _MIXING, "mixing = td.Categorical(logits=self.logits)",
+         "mog-prior-shapes-tests", "Categorical should have batch_shape"),
+    _gen("mog-prior-solution", "return F.softplus(self.raw_scales)", "return self.raw_scales.abs()",
+         "mog-prior-parameters-tests", "positivity transform"),
     # dpm2_generative: the image models
     _gen("binarized-image-model-solution", _BERNOULLI,
          "return td.Independent(td.Bernoulli(probs=logits), len(self.outcome_shape))",
@@ -245,6 +303,9 @@ MISTAKES = [
     _gen("binarized-image-model-solution", _BERNOULLI,
          "return td.Independent(td.Bernoulli(logits=logits), 1)",
          "binarized-image-model-tests", "td.Independent"),
+    _gen("binarized-image-model-solution", _BERNOULLI,
+         "return td.Independent(td.Bernoulli(logits=torch.sigmoid(logits)), len(self.outcome_shape))",
+         "binarized-image-model-tests", "logits="),
     _gen("continuous-image-model-solution", _CB,
          "return td.Independent(td.Bernoulli(logits=logits), len(self.outcome_shape))",
          "continuous-image-model-tests", "continuous Bernoulli"),
@@ -253,6 +314,9 @@ MISTAKES = [
          "continuous-image-model-tests", "logits"),
     _gen("continuous-image-model-solution", _CB, "return td.ContinuousBernoulli(logits=logits)",
          "continuous-image-model-tests", "td.Independent"),
+    _gen("continuous-image-model-solution", _CB,
+         "return td.Independent(td.ContinuousBernoulli(probs=logits), len(self.outcome_shape))",
+         "continuous-image-model-tests", "logits"),
     # dpm2_generative: the joint distribution
     _gen("joint-distribution-solution", _JOINT, "return self.obs_model(z).log_prob(x)",
          "joint-log-prob-tests", "log p(z) is missing"),
@@ -266,11 +330,16 @@ MISTAKES = [
     _gen("joint-distribution-solution", _MARGINAL,
          "return torch.logsumexp(self.obs_model(z).log_prob(x), dim=0)",
          "joint-log-marginal-tests", "leaves out the prior"),
+    _gen("joint-distribution-solution", _MARGINAL, "return torch.logsumexp(log_joint, dim=-1)",
+         "joint-log-marginal-tests", "N codes"),
     _gen("joint-distribution-solution", _POSTERIOR, "return td.Categorical(logits=log_joint)",
          "joint-posterior-tests", "last"),
     _gen("joint-distribution-solution", _POSTERIOR,
          "return td.Categorical(logits=self.obs_model(z).log_prob(x).movedim(0, -1))",
          "joint-posterior-tests", "proportional to p(z) p(x|z)"),
+    _gen("joint-distribution-solution", _POSTERIOR,
+         "return td.Categorical(logits=log_joint.transpose(0, -1))", "joint-posterior-tests",
+         "movedim"),
     _gen("joint-distribution-solution", _NAIVE, "return -self.obs_model(z).log_prob(x).mean(dim=0)",
          "joint-naive-bound-tests", "wrong sign"),
     _gen("joint-distribution-solution", _NAIVE,
@@ -284,6 +353,8 @@ MISTAKES = [
     _gen("joint-distribution-solution", _NAIVE,
          "return self.obs_model(z).log_prob(x).mean(dim=0).detach()",
          "joint-naive-bound-tests", "gradient"),
+    _gen("joint-distribution-solution", _NAIVE, "return self.obs_model(z).log_prob(x).mean(dim=-1)",
+         "joint-naive-bound-tests", "dim 0"),
     # dpm2_inference: the CPD nets
     _inf("gaussian-cpd-solution", _GAUSS_SCALES, "ReshapeLast(self.outcome_shape))",
          "gaussian-cpd-tests", "softplus"),
@@ -398,6 +469,43 @@ MISTAKES = [
     _is("ppca-solution", "covariance_matrix=sigma ** 2 * M_inv)",
         "covariance_matrix=torch.diag_embed((sigma ** 2 * M_inv).diagonal()))",
         "ppca-posterior-cov-tests", "not diagonal"),
+    # importance_sampling: EM for PPCA, the E-step
+    _is("em-e-step-solution", _EZ, "Ez = X @ W @ M_inv", "em-e-step-mean-tests", "subtract b"),
+    _is("em-e-step-solution", _EZ, "Ez = (X - b) @ W", "em-e-step-mean-tests", "left out M^{-1}"),
+    _is("em-e-step-solution", _EM_M, _EM_M.replace("sigma ** 2 *", "sigma *"), "em-e-step-mean-tests",
+        "sigma squared"),
+    _is("em-e-step-solution", _EM_M, "M = W.T @ W", "em-e-step-mean-tests", "left out sigma^2 I"),
+    _is("em-e-step-solution", _EZZ, "Ezz = Ez.unsqueeze(-1) * Ez.unsqueeze(-2)", "em-e-step-moment-tests",
+        "left out the posterior covariance"),
+    _is("em-e-step-solution", _EZZ, "Ezz = M_inv + Ez.unsqueeze(-1) * Ez.unsqueeze(-2)",
+        "em-e-step-moment-tests", "left out sigma^2"),
+    _is("em-e-step-solution", _EZZ, "Ezz = M_inv / sigma ** 2 + Ez.unsqueeze(-1) * Ez.unsqueeze(-2)",
+        "em-e-step-moment-tests", "E[z_n z_n^T] = sigma^2 M^{-1}"),
+    _is("em-e-step-solution", _EZZ, "Ezz = sigma ** 2 * M + Ez.unsqueeze(-1) * Ez.unsqueeze(-2)",
+        "em-e-step-moment-tests", "inverse of M"),
+    _is("em-e-step-solution", _EZZ, "Ezz = (sigma ** 2 * M_inv).expand(len(X), K, K)",
+        "em-e-step-moment-tests", "outer product"),
+    _is("em-e-step-solution", _EZZ, "Ezz = sigma ** 2 * M_inv + (Ez * Ez).sum(-1)[:, None, None]",
+        "em-e-step-moment-tests", "E[z_n] E[z_n]^T"),
+    _is("em-e-step-solution", _EZZ, "Ezz = sigma ** 2 * M_inv + Ez.T @ Ez", "em-e-step-moment-tests",
+        "shape [K, K]"),
+    # importance_sampling: EM for PPCA, the M-step
+    _is("em-m-step-solution", _MW, "W = X.T @ Ez @ torch.linalg.inv(Ezz.sum(dim=0))", "em-m-step-w-tests",
+        "subtract the mean"),
+    _is("em-m-step-solution", _MW, "W = Xc.T @ Ez @ torch.linalg.inv(Ez.T @ Ez)", "em-m-step-w-tests",
+        "posterior covariance"),
+    _is("em-m-step-solution", _MW, "W = Xc.T @ Ez @ Ezz.sum(dim=0)", "em-m-step-w-tests", "INVERSE"),
+    _is("em-m-step-solution", _MW, "W = Xc.T @ Ez @ torch.linalg.inv(Ezz.mean(dim=0))", "em-m-step-w-tests",
+        "a sum and an average"),
+    _is("em-m-step-solution", "return W, b, s2.sqrt()", "return W, b, s2", "em-m-step-sigma-tests",
+        "square root"),
+    _is("em-m-step-solution", "/ (N * D)", "/ N", "em-m-step-sigma-tests", "divide by N D"),
+    _is("em-m-step-solution", "- 2 * (Ez * (Xc @ W)).sum()", "- (Ez * (Xc @ W)).sum()",
+        "em-m-step-sigma-tests", "factor 2"),
+    _is("em-m-step-solution", "(Ezz * (W.T @ W)).sum()", "((Ez @ W.T) ** 2).sum()", "em-m-step-sigma-tests",
+        "E[z z^T]"),
+    _is("em-m-step-solution", "s2 = ((Xc ** 2).sum() - 2 * (Ez * (Xc @ W)).sum()",
+        "s2 = ((X ** 2).sum() - 2 * (Ez * (X @ W)).sum()", "em-m-step-sigma-tests", "subtract the mean b"),
     # importance_sampling: the IWAE bound
     _is("iwae-bound-solution", _IWAE, "return torch.logsumexp(log_weights, dim=0)", "iwae-bound-tests",
         "subtract log S"),

@@ -29,6 +29,24 @@ VARIANTS = [
     Variant("vae_basics", "kl-solution", "0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)",
             "-0.5 * torch.sum(1 + logvar - mu ** 2 - torch.exp(logvar), dim=-1)",
             "KL as written in Kingma and Welling's appendix B"),
+    Variant("vae_basics", "kl-full-solution", "return 0.5 * (trace + quad - K + log_det_p - log_det_q)",
+            "return td.kl_divergence(td.MultivariateNormal(mu_q, scale_tril=L_q), "
+            "td.MultivariateNormal(mu_p, scale_tril=L_p))",
+            "KL_full with td.kl_divergence of two MultivariateNormal(scale_tril=...)"),
+    Variant("vae_basics", "kl-full-solution", "return 0.5 * (trace + quad - K + log_det_p - log_det_q)",
+            "S_q, S_p = L_q @ L_q.mT, L_p @ L_p.mT\n"
+            "    S_p_inv = torch.linalg.inv(S_p)\n"
+            "    d = (mu_p - mu_q).unsqueeze(-1)\n"
+            "    tr = (S_p_inv @ S_q).diagonal(dim1=-2, dim2=-1).sum(-1)\n"
+            "    return 0.5 * (tr + (d.mT @ S_p_inv @ d)[..., 0, 0] - K + torch.logdet(S_p) - torch.logdet(S_q))",
+            "KL_full with explicit covariances, an inverse and logdet"),
+    Variant("vae_basics", "kl-full-solution", "return 0.5 * (trace + quad - K + log_det_p - log_det_q)",
+            "S_q = L_q @ L_q.mT\n"
+            "    d = (mu_p - mu_q).unsqueeze(-1)\n"
+            "    tr = torch.cholesky_solve(S_q, L_p).diagonal(dim1=-2, dim2=-1).sum(-1)\n"
+            "    qf = (d * torch.cholesky_solve(d, L_p)).sum((-2, -1))\n"
+            "    return 0.5 * (tr + qf - K + log_det_p - log_det_q)",
+            "KL_full with torch.cholesky_solve"),
     Variant("vae_basics", "reparametrise-solution", "return mu + eps * torch.exp(0.5 * logvar)",
             "return td.Normal(mu, torch.exp(0.5 * logvar)).rsample()",
             "reparametrise with td.Normal.rsample"),
@@ -55,6 +73,37 @@ VARIANTS = [
             "return torch.logsumexp(log_joint, dim=0)",
             "m = log_joint.max(0).values\n        return m + torch.log(torch.exp(log_joint - m).sum(0))",
             "log_marginal with a hand-written stable log-sum-exp"),
+    Variant("dpm2_generative", "gaussian-prior-solution",
+            "normal = td.Normal(loc=self.locs.expand(shape), scale=self.scales.expand(shape))\n"
+            "        return td.Independent(normal, len(self.outcome_shape))",
+            "prior = td.Independent(td.Normal(self.locs, self.scales), len(self.outcome_shape))\n"
+            "        return prior.expand(tuple(batch_shape))",
+            "Gaussian prior built for one code, then expanded as a distribution"),
+    Variant("dpm2_generative", "mog-prior-solution",
+            "        comp_shape = batch_shape + (self.num_components,) + self.outcome_shape  # [B, C, K]\n"
+            "        components = td.Independent(\n"
+            "            td.Normal(loc=self.locs.expand(comp_shape), scale=self.scales.expand(comp_shape)),\n"
+            "            len(self.outcome_shape))\n"
+            "        mixing = td.Categorical(logits=self.logits.expand(batch_shape + (self.num_components,)))\n"
+            "        return td.MixtureSameFamily(mixing, components)",
+            "        mixture = td.MixtureSameFamily(\n"
+            "            td.Categorical(logits=self.logits),\n"
+            "            td.Independent(td.Normal(self.locs, self.scales), len(self.outcome_shape)))\n"
+            "        return mixture.expand(batch_shape)",
+            "mixture prior built for one code, then expanded as a distribution"),
+    Variant("dpm2_generative", "mog-prior-solution",
+            "self.raw_scales = nn.Parameter(torch.full(shape, math.log(math.e - 1.0)))",
+            "self.raw_scales = nn.Parameter(torch.zeros(shape))",
+            "mixture prior's raw scales initialised at zero"),
+    Variant("dpm2_generative", "joint-distribution-solution",
+            "return self.obs_model(z).log_prob(x).mean(dim=0)  # batch_shape",
+            "return torch.stack([self.obs_model(pz.sample()).log_prob(x)\n"
+            "                            for _ in range(num_samples)]).mean(0)",
+            "naive bound with a Python loop over the samples"),
+    Variant("dpm2_generative", "joint-distribution-solution",
+            "return td.Categorical(logits=log_joint.movedim(0, -1))  # batch_shape + [N]",
+            "return td.Categorical(logits=log_joint.permute(*range(1, log_joint.dim()), 0))",
+            "posterior with the support dimension moved last by permute"),
     Variant("dpm2_inference", "cv-running-solution",
             "self.r_mean.mul_(1.0 - self.alpha).add_(self.alpha * r.mean())",
             "self.r_mean.lerp_(r.mean(), self.alpha)", "CentredReward's update with lerp_"),
@@ -79,6 +128,32 @@ VARIANTS = [
     Variant("importance_sampling", "ppca-solution", "mean = (x - b) @ W @ M_inv",
             "mean = torch.linalg.solve(M, W.T @ (x - b).unsqueeze(-1)).squeeze(-1)",
             "PPCA posterior mean with linalg.solve"),
+    Variant("importance_sampling", "em-e-step-solution",
+            "Ez = (X - b) @ W @ M_inv  # [N, K]; M is symmetric\n"
+            "    Ezz = sigma ** 2 * M_inv + Ez.unsqueeze(-1) * Ez.unsqueeze(-2)  # [N, K, K]",
+            "post = ppca_posterior(X, W, b, sigma)\n"
+            "    Ez = post.mean\n"
+            "    Ezz = post.covariance_matrix + torch.einsum('nk,nl->nkl', Ez, Ez)",
+            "E-step from the student's ppca_posterior, outer products with einsum"),
+    Variant("importance_sampling", "em-e-step-solution", "Ez = (X - b) @ W @ M_inv",
+            "Ez = torch.linalg.solve(M, W.T @ (X - b).T).T", "E-step means with linalg.solve"),
+    Variant("importance_sampling", "em-m-step-solution",
+            "W = Xc.T @ Ez @ torch.linalg.inv(Ezz.sum(dim=0))",
+            "W = (Xc.T @ Ez / N) @ torch.linalg.inv(Ezz.mean(dim=0))",
+            "M-step W with both factors averaged over n"),
+    Variant("importance_sampling", "em-m-step-solution",
+            "W = Xc.T @ Ez @ torch.linalg.inv(Ezz.sum(dim=0))",
+            "W = torch.linalg.solve(Ezz.sum(dim=0), sum(torch.outer(Ez[n], Xc[n]) for n in range(N))).T",
+            "M-step W as a sum of outer products and linalg.solve"),
+    Variant("importance_sampling", "em-m-step-solution",
+            "s2 = ((Xc ** 2).sum() - 2 * (Ez * (Xc @ W)).sum() + (Ezz * (W.T @ W)).sum()) / (N * D)",
+            "s2 = sum(Xc[n] @ Xc[n] - 2 * Ez[n] @ W.T @ Xc[n] + torch.trace(Ezz[n] @ W.T @ W)\n"
+            "             for n in range(N)) / (N * D)",
+            "M-step sigma^2 as a loop over the data points with torch.trace"),
+    Variant("importance_sampling", "em-m-step-solution",
+            "b = X.mean(dim=0)",
+            "b = X.sum(dim=0) / N",
+            "M-step b as the sum of the rows over N"),
     Variant("importance_sampling", "iwae-bound-solution",
             "return torch.logsumexp(log_weights, dim=0) - math.log(S)",
             "m = log_weights.max(0).values\n    return m + torch.log(torch.exp(log_weights - m).mean(0))",

@@ -246,11 +246,12 @@ def graded_cell_outcomes(assignment: str, replace: tuple | None = None,
     return results, self_checks_failed
 
 
+@functools.lru_cache(maxsize=1024)
 def self_check_outcome(assignment: str, grade_id: str, replace: tuple | None = None) -> str | None:
     """What a student sees before submitting: run the self-check cell of the graded cell
     ``grade_id`` (the visible cell right before it) on the namespace of
     ``reference_namespace(assignment, replace)`` with ``SELF_CHECK_CONTEXT_CELLS``, torch
-    seeded 0.
+    seeded 0. Cached: a test run asks for the same outcome twice.
 
     Returns:
         None if the self-checks pass, else "ErrorType: message".

@@ -321,6 +321,23 @@ def test_mistake_fails_its_check_with_a_message_that_names_it(mistake, catalogue
     assert named, f"{mistake.check}'s message lacks {mistake.words}: {message}"
 
 
+#: the share of an assignment's catalogue that the visible self-check cell of each mistake's
+#: exercise must flag before submission (the hidden tests catch all of it)
+SELF_CHECK_SHARE = 0.8
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_the_self_checks_flag_most_mistakes_before_submission(assignment):
+    """Does the visible self-check cell of its exercise flag at least SELF_CHECK_SHARE of the
+    assignment's catalogued mistakes, so that a student hears of the common ones before the
+    hidden tests mark them?"""
+    mine = [m for m in MISTAKES if m.assignment == assignment]
+    quiet = [_key(m) for m in mine
+             if self_check_outcome(m.assignment, m.check, (m.cell, m.old, m.new)) is None]
+    assert len(mine) - len(quiet) >= SELF_CHECK_SHARE * len(mine), \
+        f"the self-checks flag {len(mine) - len(quiet)} of {len(mine)}; silent on: {quiet}"
+
+
 @pytest.mark.parametrize("mistake", MISTAKES, ids=MISTAKE_IDS)
 def test_mistake_costs_no_other_graded_cell_as_nbgrader_runs_them(mistake, catalogue_report,
                                                                   reference_runs):

@@ -159,7 +159,7 @@ def _cheats() -> dict:
     """{student: (files, expected autograded points, status, words of the reason)} of the
     hostile class's in-kernel cheats. The verdicts are reached outside the kernel, so nothing
     done in it can earn a point: each gets exactly the points of the work really done on the
-    judge's fresh inputs (0 for the release-based ones, 8 for a wrong KL formula), whatever
+    judge's fresh inputs (0 for the release-based ones, 11 for a wrong KL formula), whatever
     it rewrote in the kernel, the probe included."""
     def added(code, nb=None):
         return {"vae_basics.ipynb": _insert_after(nb or _release_nb(), "setup", code)}
@@ -228,15 +228,15 @@ def _cheats() -> dict:
             "lambda *a, **k: True)).start()\n"))
     return {
         "forged-outputs": ({"vae_basics.ipynb": forged}, 0, "graded", ()),
-        "deleted-test-cells": ({"vae_basics.ipynb": deleted}, 8, "graded", ()),
-        "stripped-test-metadata": ({"vae_basics.ipynb": stripped}, 8, "graded", ()),
-        "test-cells-as-markdown": ({"vae_basics.ipynb": retyped}, 8, "graded", ()),
-        "wrong-answers-self-checks-numpy-nan": ({"vae_basics.ipynb": wrong_1}, 0, "graded", ()),
-        "wrong-answers-inf-meta-float64": ({"vae_basics.ipynb": wrong_2}, 0, "graded", ()),
+        "deleted-test-cells": ({"vae_basics.ipynb": deleted}, 11, "graded", ()),
+        "stripped-test-metadata": ({"vae_basics.ipynb": stripped}, 11, "graded", ()),
+        "test-cells-as-markdown": ({"vae_basics.ipynb": retyped}, 11, "graded", ()),
+        "wrong-answers-self-checks-numpy-nan": ({"vae_basics.ipynb": wrong_1}, 3, "graded", ()),
+        "wrong-answers-inf-meta-float64": ({"vae_basics.ipynb": wrong_2}, 3, "graded", ()),
         "reference-imported": ({"vae_basics.ipynb": reference}, 0, "graded", ()),
-        "reference-through-library-and-instance": ({"vae_basics.ipynb": indirect}, 3, "graded",
+        "reference-through-library-and-instance": ({"vae_basics.ipynb": indirect}, 6, "graded",
                                                    ()),
-        "helpers-rebound-while-graded": ({"vae_basics.ipynb": rebinding}, 8, "graded", ()),
+        "helpers-rebound-while-graded": ({"vae_basics.ipynb": rebinding}, 11, "graded", ()),
         "input-transformer": (added(
             _TO_PASS + "get_ipython().input_transformers_cleanup.append(_neuter)\n"), 0, "graded",
             ()),
@@ -705,7 +705,7 @@ def test_a_copy_pasted_test_cell_does_not_stop_the_batch(graded_class):
 def test_no_cheat_earns_an_undeserved_point(graded_class, student):
     """Does each in-kernel cheat get exactly the points of the work really done on the judge's
     fresh inputs (0 for the release-based ones, whatever they rewrote in the kernel, the probe
-    included; 8 where only the KL formula is wrong; 3 where the KL and reparametrise reach the
+    included; 11 where only the KL formula is wrong; 6 where the KL and reparametrise reach the
     withheld references through library code and an instance)?"""
     _, points, status, words = _cheats()[student]
     result = graded_class["results"][student]
@@ -816,7 +816,7 @@ def test_edited_grading_metadata_is_restored_with_a_reason(graded_class):
     """Is grading metadata that the student edited (points, a test cell no longer graded)
     restored from the assignment, with a clear reason and no traceback, and graded in full?"""
     result = graded_class["results"]["edited-metadata"]
-    assert scores(result) == (10, 10), result.reason_text()
+    assert scores(result) == (13, 13), result.reason_text()
     assert result.status == "graded", result.reason_text()
     assert "restored" in result.reason_text() and "Traceback" not in result.reason_text()
     root = graded_class["root"]

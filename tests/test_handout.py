@@ -503,6 +503,7 @@ REGIONS = _answer_regions()
 #: be in dpm_core, and in no student build before that assignment's solutions are released
 FORMULAS = {
     "0.5 * (s^2 + m^2 - 1 - log s^2)": "vae_basics",                    # KL
+    "tr(Sigma_p^{-1} Sigma_q) = ||M||_F^2": "vae_basics",               # KL_full
     "sigma = exp(logvar / 2)": "vae_basics",                            # reparametrise
     "``w = softmax(logits)``": "dpm2_generative",                       # MoGPriorNet
     "avg <- (1 - alpha) * avg + alpha * mean(r)": "dpm2_inference",    # CentredReward
@@ -510,6 +511,8 @@ FORMULAS = {
     "L = log 1/S sum_s p(x, z_s) / q(z_s|x)": "dpm2_inference",        # NVIL.DRL
     "p(x) = N(b, W W^T + sigma^2 I)": "importance_sampling",            # PPCA.marginal
     "p(z|x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1})": "importance_sampling",  # exact_posterior
+    "E[z z^T|x] = sigma^2 M^{-1} + E[z|x] E[z|x]^T": "importance_sampling",  # e_step
+    "W = [sum_n (x_n - b) E[z_n]^T] [sum_n E[z_n z_n^T]]^{-1}": "importance_sampling",  # m_step
     "y = z * exp(s) + t": "dpm2_beyond",                                # AffineCoupling
     "It is sum_k s_k(m * z)": "dpm2_beyond",                            # its log_abs_det_jacobian
     "grad E_q[f] = E_{c ~ Cat(w), eps}[f(z) grad log w_c + grad f(g_c(eps))]": "dpm2_beyond",

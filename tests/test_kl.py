@@ -1,4 +1,4 @@
-"""The closed-form Gaussian KL against torch.distributions and Monte Carlo.
+"""The closed-form Gaussian KLs against torch.distributions and Monte Carlo.
 
 Statistical policy: seed 0; Monte Carlo checks use 200_000 draws and accept a
 deviation of at most 5 standard errors of the Monte Carlo mean.
@@ -9,6 +9,7 @@ import torch
 import torch.distributions as td
 
 from dpm_core import KL, MoGPriorNet, kl_or_mc, mc_kl
+from dpm_core.kl import KL_full
 
 SEED, NUM_DRAWS, NUM_SE = 0, 200_000, 5.0
 
@@ -102,3 +103,79 @@ def test_kl_or_mc_falls_back_for_mixtures():
     se = terms.std(0) / NUM_DRAWS ** 0.5
     assert estimate.shape == (4,)
     assert ((estimate - terms.mean(0)).abs() < 2 * NUM_SE * se).all()
+
+
+def _cholesky_factor(*shape, generator, dtype=torch.float64, device="cpu"):
+    """A random lower-triangular matrix [*shape, K, K] with a positive diagonal in [0.5, 1.5]."""
+    off = torch.randn(*shape, shape[-1], generator=generator, dtype=dtype).tril(-1)
+    diag = 0.5 + torch.rand(*shape, generator=generator, dtype=dtype)
+    return (off + torch.diag_embed(diag)).to(device)
+
+
+def _mvn(mu, L):
+    return td.MultivariateNormal(mu, scale_tril=L)
+
+
+#: (batch shape of q, batch shape of p, K): equal, broadcast either way, none, K = 1
+FULL_SHAPES = [((), (), 3), ((5,), (5,), 4), ((3, 5), (), 2), ((), (2, 3), 3), ((4, 1), (1, 6), 2),
+               ((7,), (7,), 1)]
+
+
+@pytest.mark.parametrize("q_shape,p_shape,K", FULL_SHAPES)
+def test_full_covariance_equals_torch(q_shape, p_shape, K, device):
+    """Does KL_full equal td.kl_divergence of two MultivariateNormals, batch shapes broadcast?"""
+    gen = torch.Generator().manual_seed(SEED)
+    mu_q = torch.randn(*q_shape, K, generator=gen, dtype=torch.float64).to(device)
+    mu_p = torch.randn(*p_shape, K, generator=gen, dtype=torch.float64).to(device)
+    L_q = _cholesky_factor(*q_shape, K, generator=gen, device=device)
+    L_p = _cholesky_factor(*p_shape, K, generator=gen, device=device)
+    result = KL_full(mu_q, L_q, mu_p, L_p)
+    expected = td.kl_divergence(_mvn(mu_q, L_q), _mvn(mu_p, L_p))
+    assert result.shape == torch.broadcast_shapes(q_shape, p_shape)
+    torch.testing.assert_close(result, expected)
+
+
+def test_full_covariance_gradients_equal_torch():
+    """Are KL_full's gradients with respect to both means and the lower triangles of both
+    factors those of td.kl_divergence?"""
+    gen = torch.Generator().manual_seed(SEED)
+    args = [torch.randn(4, 3, generator=gen, dtype=torch.float64),
+            _cholesky_factor(4, 3, generator=gen),
+            torch.randn(4, 3, generator=gen, dtype=torch.float64),
+            _cholesky_factor(4, 3, generator=gen)]
+    args = [a.requires_grad_() for a in args]
+    ours = torch.autograd.grad(KL_full(*args).sum(), args)
+    theirs = torch.autograd.grad(
+        td.kl_divergence(_mvn(args[0], args[1]), _mvn(args[2], args[3])).sum(), args)
+    for a, b, arg in zip(ours, theirs, args):
+        if arg.dim() == 3:  # only the lower triangle is a parameter of a Cholesky factor
+            a, b = a.tril(), b.tril()
+        torch.testing.assert_close(a, b)
+
+
+def test_full_covariance_reduces_to_the_diagonal_case():
+    """With diagonal factors and p = N(0, I), is KL_full the mean-field KL(mu, logvar)?"""
+    gen = torch.Generator().manual_seed(SEED)
+    mu = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    logvar = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    L_q = torch.diag_embed((0.5 * logvar).exp())
+    eye = torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(KL_full(mu, L_q, torch.zeros(4, dtype=torch.float64), eye),
+                               KL(mu, logvar))
+
+
+def test_full_covariance_is_zero_only_for_equal_gaussians():
+    """Is KL_full(q || q) zero, and positive when the mean or the factor moves?"""
+    gen = torch.Generator().manual_seed(SEED)
+    mu, L = torch.randn(3, generator=gen, dtype=torch.float64), _cholesky_factor(3, generator=gen)
+    torch.testing.assert_close(KL_full(mu, L, mu, L), torch.zeros((), dtype=torch.float64))
+    assert KL_full(mu + 0.1, L, mu, L) > 0
+    assert KL_full(mu, 1.1 * L, mu, L) > 0
+
+
+def test_full_covariance_rejects_factors_of_the_wrong_shape():
+    """Does KL_full name the factor whose shape does not fit its mean?"""
+    with pytest.raises(ValueError, match="Cholesky factor of p"):
+        KL_full(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(2))
+    with pytest.raises(ValueError, match="Cholesky factor of q"):
+        KL_full(torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.eye(3))

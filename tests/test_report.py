@@ -85,6 +85,14 @@ WRITER = {
     kl = KL(mu, logvar)
     return torch.mean(bce + kl)
 """,
+    "kl-full-solution": """\
+    k = mu_q.shape[-1]
+    A = torch.linalg.solve_triangular(L_p, L_q, upper=False)
+    d = torch.linalg.solve_triangular(L_p, (mu_p - mu_q)[..., None], upper=False)[..., 0]
+    logdet_p = torch.log(torch.diagonal(L_p, dim1=-2, dim2=-1)).sum(-1) * 2
+    logdet_q = torch.log(torch.diagonal(L_q, dim1=-2, dim2=-1)).sum(-1) * 2
+    return (A.square().sum((-2, -1)) + d.square().sum(-1) - k + logdet_p - logdet_q) / 2
+""",
 }
 COPIER = {
     "kl-solution": """\
@@ -102,6 +110,14 @@ COPIER = {
     divergence = KL(mu, logvar)
     return torch.mean(rec + divergence)  # negative ELBO, batch mean
 """,
+    "kl-full-solution": """\
+    size = mu_q.shape[-1]
+    B = torch.linalg.solve_triangular(L_p, L_q, upper=False)  # whitened factor
+    e = torch.linalg.solve_triangular(L_p, (mu_p - mu_q)[..., None], upper=False)[..., 0]
+    ld_p = torch.log(torch.diagonal(L_p, dim1=-2, dim2=-1)).sum(-1) * 2
+    ld_q = torch.log(torch.diagonal(L_q, dim1=-2, dim2=-1)).sum(-1) * 2
+    return (B.square().sum((-2, -1)) + e.square().sum(-1) - size + ld_p - ld_q) / 2
+""",
 }
 OTHER = {
     "kl-solution": """\
@@ -117,6 +133,14 @@ OTHER = {
     log_px = (x * torch.log(recon_x) + (1 - x) * torch.log(1 - recon_x)).sum(-1)
     neg_elbo = KL(mu, logvar) - log_px
     return neg_elbo.mean()
+""",
+    "kl-full-solution": """\
+    cov_p = L_p @ L_p.transpose(-1, -2)
+    cov_q = L_q @ L_q.transpose(-1, -2)
+    diff = (mu_p - mu_q).unsqueeze(-1)
+    tr = torch.linalg.solve(cov_p, cov_q).diagonal(dim1=-2, dim2=-1).sum(-1)
+    maha = (diff.transpose(-1, -2) @ torch.linalg.solve(cov_p, diff)).reshape(tr.shape)
+    return 0.5 * (tr + maha - mu_q.size(-1) + torch.logdet(cov_p) - torch.logdet(cov_q))
 """,
 }
 CLASS = {

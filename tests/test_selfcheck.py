@@ -200,3 +200,20 @@ def test_the_helper_refuses_to_run_while_nbgrader_grades(monkeypatch):
         run_in_namespace(read_items(small_notebook()), {})
     with pytest.raises(RuntimeError, match="do not run while the notebook is graded"):
         run_notebook(REPO / "source" / "vae_basics" / "vae_basics.ipynb")
+
+
+def test_check_flags_the_variance_used_as_the_standard_deviation(tmp_path, capsys):
+    """The most common mistake of vae_basics, ``mu + eps * logvar.exp()`` (the variance as
+    the standard deviation), which the hidden tests mark 0: does ``check("reparametrise")``
+    say ✗ and name it, instead of the ✓ it once printed?"""
+    nb = nbformat.read(REPO / "source" / "vae_basics" / "vae_basics.ipynb", as_version=4)
+    cell, = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id")
+             == "reparametrise-solution"]
+    right = "return mu + eps * torch.exp(0.5 * logvar)"
+    assert cell.source.count(right) == 1
+    cell.source = cell.source.replace(right, "return mu + eps * logvar.exp()")
+    path = tmp_path / "vae_basics.ipynb"
+    nbformat.write(nb, path)
+    assert main([str(path), "reparametrise"]) != 0
+    out = capsys.readouterr().out
+    assert "✗ reparametrise-distribution" in out and "variance" in out, out

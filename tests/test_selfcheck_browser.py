@@ -58,7 +58,7 @@ def test_check_output_in_jupyterlab(tmp_path):
     root.mkdir()
     notebook = students_notebook(root / "vae_basics.ipynb")
     run = [c for c in notebook.cells if _grade_id(c) in
-           ("setup", "kl-solution", "reparametrise-solution", "loss-solution")]
+           ("setup", "kl-solution", "kl-full-solution", "reparametrise-solution", "loss-solution")]
     run = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(c.source) for c in run]
         + [nbformat.v4.new_code_cell(code) for code in CHECKS], metadata=notebook.metadata)
@@ -71,6 +71,7 @@ def test_check_output_in_jupyterlab(tmp_path):
     assert "✓ kl-formula\n✓ kl-reduction" in text
     assert "✗ reparametrise-distribution: two calls returned the same z" in text, text
     assert "· loss-terms: not written yet (loss-solution still raises NotImplementedError)" in text
+    assert "· kl-full-value: not written yet (kl-full-solution still raises NotImplementedError)" in text
     assert "✎ kl-derivation (Exercise 1 (written, 3 points): the KL term in closed form): to be graded by hand" in text
     assert "? question-elbo (Question 3 (2 points)): missing" in text
 
@@ -87,7 +88,7 @@ def test_check_output_in_jupyterlab(tmp_path):
         page.goto(f"{url}/lab/tree/check.ipynb?token={token}")
         # wait for check_all()'s last line: JupyterLab renders cells as they scroll into view,
         # and a cell's printed lines may arrive as several stream outputs, several elements
-        summary = "2 of 6 pass their self-checks, 1 of 4"
+        summary = "2 of 8 pass their self-checks, 1 of 6"
         page.get_by_text(summary).wait_for()
         cells = page.locator(".jp-Notebook .jp-CodeCell")
 

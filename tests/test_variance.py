@@ -3,7 +3,9 @@
 Statistical policy (one place): seed SEED; the variance of a gradient
 estimator is the summed per-coordinate variance over REPEATS single-sample
 estimates on a fixed model and batch; a control variate passes when it at
-least halves that variance (MAX_RATIO). Bias checks use NUM_SE standard errors.
+least halves that variance (MAX_RATIO). Bias checks average BIAS_REPEATS
+estimates of BIAS_SAMPLES draws each and allow NUM_SE standard errors (over the
+repeats) per coordinate.
 """
 
 import copy
@@ -24,6 +26,7 @@ from dpm_core import (
     GaussianPriorNet,
     InferenceModel,
     JointDistribution,
+    PriorNet,
     ScaledReward,
     SelfCritic,
     VarianceReduction,
@@ -31,6 +34,7 @@ from dpm_core import (
 from linear_gaussian import closed_form_elbo, make_nvil, sample_data
 
 SEED, REPEATS, MAX_RATIO, NUM_SE = 0, 300, 0.5, 5.0
+BIAS_REPEATS, BIAS_SAMPLES = 40, 1000
 SIZE, LATENT, BATCH = 8, 3, 16
 
 
@@ -221,3 +225,106 @@ def test_control_variates_move_to_the_device(name, device):
     cv = _make_cv(name).to(device)
     for t in list(cv.parameters()) + list(cv.buffers()):
         assert t.device.type == torch.device(device).type
+
+
+class _StandardNormalAsMixture(PriorNet):
+    """N(0, I) written as a mixture of one component: the same density, no closed-form KL."""
+
+    def forward(self, batch_shape) -> td.Distribution:
+        shape = tuple(batch_shape) + (1,) + self.outcome_shape  # [B, 1, K]
+        zeros = torch.zeros(shape, dtype=torch.float64)
+        return td.MixtureSameFamily(td.Categorical(logits=zeros[..., 0]),
+                                    td.Independent(td.Normal(zeros, torch.ones_like(zeros)), 1))
+
+
+def _inference_gradients(nvil: NVIL, x: torch.Tensor) -> dict:
+    """Exact gradients (ascent) of the batch means of E_q[log p(x|z)], KL(q || p) and the ELBO
+    with respect to q's parameters, flattened, on the linear-Gaussian test bed."""
+    params = list(nvil.inf_params())
+    q = nvil.inf_model(x)
+    m, v = q.base_dist.loc, q.base_dist.scale ** 2
+    kl = 0.5 * (v + m ** 2 - 1 - torch.log(v)).sum(-1)  # KL(N(m, diag v) || N(0, I))
+    elbo = closed_form_elbo(nvil, x)
+
+    def grad(f):
+        return torch.cat([g.flatten() for g in torch.autograd.grad(f.mean(), params,
+                                                                   retain_graph=True)])
+
+    return {"loglik": grad(elbo + kl), "kl": grad(kl), "elbo": grad(elbo)}
+
+
+def _scaled_estimates(nvil: NVIL, x: torch.Tensor) -> dict:
+    """BIAS_REPEATS score-function estimates (ascent) of NVIL's gradient, [repeats, P] for q's
+    parameters and for p's."""
+    runs = {"inf": [], "gen": []}
+    for _ in range(BIAS_REPEATS):
+        nvil.zero_grad()
+        nvil(x, sample_size=BIAS_SAMPLES, estimator="sfe")["loss"].backward()
+        for group, params in (("inf", nvil.inf_params()), ("gen", nvil.gen_params())):
+            runs[group].append(-torch.cat([p.grad.flatten() for p in params]))
+    return {group: torch.stack(r) for group, r in runs.items()}
+
+
+def _within(runs: torch.Tensor, target: torch.Tensor) -> bool:
+    """Is every coordinate of the average of ``runs`` within NUM_SE standard errors of ``target``?"""
+    se = runs.std(0) / math.sqrt(len(runs))
+    return bool(((runs.mean(0) - target).abs() <= NUM_SE * se + 1e-8).all())
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+
+#: the fixed scale s of the reward; measured at SEED: the expected update's cosine with the
+#: ELBO gradient is 0.77 for s = 4 (0.98 for s = 2, 0.02 for s = 10)
+SCALE = 4.0
+
+
+def _scaled_nvil(mixture_prior: bool) -> NVIL:
+    """NVIL on the test bed (q perturbed) with ScaledReward frozen at SCALE (eval: no update)."""
+    torch.manual_seed(SEED)
+    cv = ScaledReward()
+    nvil = make_nvil(shift=0.3, scale_factor=1.4, cv_model=cv).double()
+    if mixture_prior:
+        nvil.gen_model.prior_net = _StandardNormalAsMixture(nvil.gen_model.prior_net.outcome_shape)
+    with torch.no_grad():
+        cv.r_std.fill_(SCALE)
+    cv.eval()
+    return nvil
+
+
+def test_scaled_reward_with_a_closed_form_rate_is_an_implicit_beta_on_the_encoder():
+    """With a closed-form KL, does ScaledReward (scale s) turn q's expected update into
+    (1/s) grad E_q[log p(x|z)] - grad KL = (1/s) grad (E_q[log p(x|z)] - s KL): another direction
+    than the ELBO gradient's (an implicit beta = s on the encoder), while p's gradient stays the
+    ELBO's?"""
+    nvil = _scaled_nvil(mixture_prior=False)
+    x = sample_data(nvil.gen_model, 4)
+    exact = _inference_gradients(nvil, x)
+    implicit_beta = exact["loglik"] / SCALE - exact["kl"]
+    nvil.zero_grad()
+    closed_form_elbo(nvil, x).mean().backward()
+    gen_exact = torch.cat([p.grad.flatten() for p in nvil.gen_params()])
+    torch.manual_seed(SEED + 3)
+    runs = _scaled_estimates(nvil, x)
+    assert _within(runs["inf"], implicit_beta), "q's update is not (1/s) grad E[log p] - grad KL"
+    assert _within(runs["gen"], gen_exact), "p's gradient must stay the ELBO's, unscaled"
+    # not parallel to the ELBO gradient: neither in closed form ...
+    assert _cosine(implicit_beta, exact["elbo"]) < 0.8
+    # ... nor measured: no multiple of the ELBO gradient is within reach of the average
+    mean = runs["inf"].mean(0)
+    along = (mean @ exact["elbo"]) / (exact["elbo"] @ exact["elbo"]) * exact["elbo"]
+    assert not _within(runs["inf"], along)
+    assert _cosine(mean, exact["elbo"]) < 0.8 < 0.999 < _cosine(mean, implicit_beta)
+
+
+def test_scaled_reward_with_a_sampled_rate_keeps_the_direction_of_the_elbo_gradient():
+    """With a sampled rate the whole learning signal of q is in the reward: does ScaledReward
+    (scale s) then give q the expected update (1/s) grad ELBO, parallel to the ELBO gradient?"""
+    nvil = _scaled_nvil(mixture_prior=True)
+    x = sample_data(nvil.gen_model, 4)
+    exact = _inference_gradients(nvil, x)
+    torch.manual_seed(SEED + 3)
+    runs = _scaled_estimates(nvil, x)
+    assert _within(runs["inf"], exact["elbo"] / SCALE)
+    assert _cosine(runs["inf"].mean(0), exact["elbo"]) > 0.99

@@ -336,9 +336,10 @@ def mog_prior_shapes(probe: Probe, rng: torch.Generator) -> str:
             what = f"MoGPriorNet({outcome_shape!r}, {C})({batch_shape!r}) on {device}"
             d = _ok(_field(found, "dist"), what, _MOG_SHAPES_HINT)
             _expect_batch_and_event(d, batch_shape, event, what)
-            _expect_shape(_ok(_field(found, "sample"), f"a sample of {what}"),
+            _expect_shape(_ok(_field(found, "sample"), f"a sample of {what}", _MOG_SHAPES_HINT),
                           batch_shape + event, f"a sample of {what}")
-            _expect_shape(_ok(_field(found, "sample2"), f"sample((2,)) of {what}"),
+            _expect_shape(_ok(_field(found, "sample2"), f"sample((2,)) of {what}",
+                              _MOG_SHAPES_HINT),
                           (2,) + batch_shape + event, f"sample((2,)) of {what}")
             lp = _ok(_field(found, "log_prob"), f"{what}.log_prob(z)", _MOG_SHAPES_HINT)
             _expect_shape(lp, batch_shape, f"{what}.log_prob(z)", _MOG_SHAPES_HINT)

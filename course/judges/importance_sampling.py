@@ -1,5 +1,5 @@
-"""Judges of importance_sampling: PCA, PPCA in closed form, the IWAE bound, the estimators of
-the ELBO and of log p(x), and per-datapoint inference.
+"""Judges of importance_sampling: PCA, PPCA in closed form, EM for PPCA, the IWAE bound, the
+estimators of the ELBO and of log p(x), and per-datapoint inference.
 
 One judge per graded test cell. Each draws its inputs from the run's generator (a data set for
 PCA; a PPCA's W, b and sigma and observations drawn from it), has the probe call the student's
@@ -12,12 +12,14 @@ notebook global but the function it grades: the notebook's fixtures (``test_ppca
 
 So that one mistake costs points once: the posterior's covariance is judged with the M of the
 student's own mean and Bayes' rule only where mean and covariance are right; the PCA codes with
-the student's own mean and basis; ``elbo_estimate`` and ``log_prob_estimate`` run with stand-ins
-for ``log_weights`` (log-weights drawn here, handed out as fresh draws) and ``iwae_bound`` (the
-reference's values for them), so that they are judged exactly, as compositions; an estimator
-that draws its own samples instead (never calls ``log_weights``) is judged statistically, as the
-in-kernel checks were; ``fit_per_datapoint`` runs with the exact ELBO in place of
-``elbo_estimate``.
+the student's own mean and basis; the E-step's second moments with the student's own means
+(and their M); the M-step with moments computed here (never the student's E-step), and its
+sigma with the student's own new W; ``elbo_estimate`` and ``log_prob_estimate`` run with
+stand-ins for ``log_weights`` (log-weights drawn here, handed out as fresh draws) and
+``iwae_bound`` (the reference's values for them), so that they are judged exactly, as
+compositions; an estimator that draws its own samples instead (never calls ``log_weights``) is
+judged statistically, as the in-kernel checks were; ``fit_per_datapoint`` runs with the exact
+ELBO in place of ``elbo_estimate``.
 
 Statistical judges (``@statistical``: a failure gets a second try on fresh inputs) state their
 sample sizes in their docstrings; their tolerance is 5 standard errors of the Monte Carlo mean
@@ -36,11 +38,12 @@ import torch.nn.functional as F
 from course.judges._common import (Probe, call, draw_seed, expect, expect_close,
                                    expect_distribution, kind_of, known_mistake, leaf, probe_op,
                                    statistical, tensor_value)
-from dpm_core.ppca import PPCA
+from dpm_core.ppca import PPCA, e_step, m_step
 from dpm_probe.wire import Node, Tensor
 
 __all__ = ["JUDGES", "TOL_SE", "pca_basis", "pca_encoding", "ppca_marginal",
-           "ppca_posterior_mean", "ppca_posterior_cov", "ppca_bayes", "iwae_bound",
+           "ppca_posterior_mean", "ppca_posterior_cov", "ppca_bayes", "em_e_step_mean",
+           "em_e_step_moment", "em_m_step_w", "em_m_step_sigma", "iwae_bound",
            "iwae_stability", "log_weights", "elbo_estimate", "log_prob_estimate",
            "per_datapoint"]
 
@@ -49,7 +52,8 @@ TOL_SE = 5.0
 _PROBES = "importance_sampling"
 #: the names the graded cells' code looks up in the notebook
 _NOTEBOOK_NAMES = ("pca", "ppca_log_marginal", "ppca_posterior", "iwae_bound", "log_weights",
-                   "elbo_estimate", "log_prob_estimate", "fit_per_datapoint")
+                   "elbo_estimate", "log_prob_estimate", "fit_per_datapoint", "ppca_e_step",
+                   "ppca_m_step")
 _MISFIT = ("the kernel's answer to the hidden tests does not fit their request: restart the "
            "kernel and run the notebook again")
 
@@ -535,6 +539,240 @@ def ppca_bayes(probe: Probe, rng: torch.Generator) -> str:
     return "Hidden tests of Bayes' rule passed."
 
 
+# ----------------------------------------------------------------------------- EM for PPCA
+def _em_problem(rng: torch.Generator, n: int = 9) -> tuple:
+    """Current parameters of a PPCA (D = 6, K = 2, drawn as for the PPCA judges) and
+    observations [n, D] from another PPCA of that size (the data EM is fitting)."""
+    model = _draw_ppca(rng)
+    truth = _draw_ppca(rng, sigma=(0.3, 0.6))
+    return model, _draw_x(truth, (n,), rng)
+
+
+def _moments(result, n: int, device: str) -> tuple:
+    """(Ez, Ezz) that ``ppca_e_step`` returned, as reported plain tensors."""
+    value = _returned(result, "ppca_e_step")
+    expect(isinstance(value, list) and len(value) == 2,
+           f"ppca_e_step should return a tuple (Ez, Ezz), got {kind_of(value)}")
+    Ez = _shaped(tensor_value(value[0], "Ez of ppca_e_step"), (n, 2),
+                 f"Ez of ppca_e_step for X of shape [{n}, D] ({device})",
+                 "one posterior mean E[z_n] per data point, shape [N, K]")
+    return Ez, tensor_value(value[1], "Ezz of ppca_e_step")
+
+
+def _e_step_ops(probe: Probe, X, model: dict, as_float: bool = False) -> list:
+    sigma = _sigma(model)
+    return [call("ppca_e_step", X, model["W"], model["b"], float(sigma) if as_float else sigma,
+                 device=d) for d in probe.devices]
+
+
+def em_e_step_mean(probe: Probe, rng: torch.Generator) -> str:
+    """Hidden tests of the E-step's posterior means (cell em-e-step-mean-tests).
+
+    On every device, current parameters of a PPCA with D = 6, K = 2 (W and b standard normal,
+    sigma in [0.5, 0.9], drawn for each run) and X [9, D]: Ez [9, K] equals M^{-1} W^T (x_n - b),
+    M = W^T W + sigma^2 I (dpm_core's E-step, rtol and atol 1e-8), with sigma a 0-d tensor and a
+    Python float. Leaving out M^{-1}, sigma^2 I or b, and sigma for sigma^2, are named.
+    """
+    model, X = _em_problem(rng)
+    W, b, sigma = model["W"], model["b"], _sigma(model)
+    reference, _ = e_step(X, W, b, sigma)
+    eye = torch.eye(2, dtype=torch.float64)
+    hints = [
+        ((X - b) @ W, "E[z_n] = M^{-1} W^T (x_n - b): you left out M^{-1}"),
+        ((X - b) @ W @ torch.linalg.inv(W.T @ W), "M = W^T W + sigma^2 I: you left out sigma^2 I"),
+        (X @ W @ torch.linalg.inv(W.T @ W + sigma ** 2 * eye),
+         "subtract b from x_n: E[z_n] = M^{-1} W^T (x_n - b)"),
+        ((X - b) @ W @ torch.linalg.inv(W.T @ W + sigma * eye),
+         "M = W^T W + sigma^2 I, with sigma squared"),
+    ]
+    devices = probe.devices
+    results = probe.run(_e_step_ops(probe, X, model) + _e_step_ops(probe, X, model, True))
+    for device, tensor_run, float_run in zip(devices, results, results[len(devices):]):
+        for run, how in ((tensor_run, "a 0-d tensor"), (float_run, "a Python float")):
+            Ez, _ = _moments(run, 9, device)
+            if not _close(Ez.data, reference, 1e-8, 1e-8):
+                hint = known_mistake(Ez.data, hints, rtol=1e-6, atol=1e-6)
+                if hint:
+                    raise AssertionError(f"the E-step's posterior means are wrong: {hint}")
+            expect_close(Ez.data, reference, f"Ez with sigma {how} ({device})",
+                         "E[z_n] = M^{-1} W^T (x_n - b) with M = W^T W + sigma^2 I",
+                         rtol=1e-8, atol=1e-8)
+    return "Hidden tests of the E-step's means passed."
+
+
+def em_e_step_moment(probe: Probe, rng: torch.Generator) -> str:
+    """Hidden tests of the E-step's second moments (cell em-e-step-moment-tests).
+
+    On every device, a PPCA and X [9, D] as for em-e-step-mean-tests: Ezz [9, K, K] equals
+    sigma^2 M^{-1} + E[z_n] E[z_n]^T (rtol and atol 1e-8), computed with your own Ez and, where
+    your Ez uses a known wrong M (graded by em-e-step-mean-tests), with that M, so that a
+    mistake in the means is not charged here again. Leaving out the covariance sigma^2 M^{-1}
+    or the outer product, sigma^2, sigma for sigma^2, M for M^{-1}, an inner product, and a sum
+    over the data points are named.
+    """
+    model, X = _em_problem(rng)
+    W, b, sigma = model["W"], model["b"], _sigma(model)
+    M = W.T @ W + sigma ** 2 * torch.eye(2, dtype=torch.float64)
+    for device, run in zip(probe.devices, probe.run(_e_step_ops(probe, X, model))):
+        Ez, Ezz = _moments(run, 9, device)
+        Ez = Ez.data
+        outer = Ez.unsqueeze(-1) * Ez.unsqueeze(-2)  # [9, K, K]
+        if tuple(Ezz.shape) in ((9,), (9, 1), (9, 1, 1)):
+            raise AssertionError("Ezz holds one number per data point: E[z_n z_n^T] is a K x K "
+                                 "matrix, the outer product E[z_n] E[z_n]^T plus the posterior "
+                                 "covariance, not an inner product")
+        if tuple(Ezz.shape) == (2, 2):
+            raise AssertionError("Ezz has shape [K, K]: return one matrix E[z_n z_n^T] per data "
+                                 "point, shape [N, K, K] (the M-step sums them)")
+        Ezz = _shaped(Ezz, (9, 2, 2), f"Ezz of ppca_e_step for X of shape [9, D] ({device})",
+                      "one matrix E[z_n z_n^T] per data point, shape [N, K, K]")
+        M_used = _posterior_m_used(Ez, X, W, b, sigma)
+        inv = torch.linalg.inv(M_used)
+        reference = sigma ** 2 * inv + outer
+        if not _close(Ezz, reference, 1e-8, 1e-8):
+            hint = known_mistake(Ezz, [
+                (outer, "E[z z^T] = Cov[z] + E[z] E[z]^T: you left out the posterior covariance "
+                        "sigma^2 M^{-1}"),
+                ((sigma ** 2 * inv).expand(9, 2, 2), "E[z z^T] = Cov[z] + E[z] E[z]^T: you left "
+                                                     "out the outer product E[z] E[z]^T"),
+                (inv + outer, "the posterior covariance is sigma^2 M^{-1}: you left out sigma^2"),
+                (sigma * inv + outer, "the posterior covariance is sigma^2 M^{-1}, with sigma "
+                                      "squared"),
+                (sigma ** 2 * M_used + outer, "the posterior covariance uses the inverse of M"),
+            ], rtol=1e-6, atol=1e-6)
+            if hint:
+                raise AssertionError(f"the E-step's second moments are wrong: {hint}")
+        expect_close(Ezz, reference, f"Ezz ({device})",
+                     "E[z_n z_n^T] = sigma^2 M^{-1} + E[z_n] E[z_n]^T", rtol=1e-8, atol=1e-8)
+    return "Hidden tests of the E-step's second moments passed."
+
+
+def _m_step_problem(rng: torch.Generator) -> tuple:
+    """X [40, D] and the moments (Ez, Ezz) of dpm_core's E-step under parameters that are not
+    the maximum-likelihood ones (b is not the mean of X, so that sum_n E[z_n] is not 0)."""
+    model, X = _em_problem(rng, n=40)
+    Ez, Ezz = e_step(X, model["W"], model["b"], _sigma(model))
+    return X, Ez, Ezz
+
+
+def _m_step_parts(result, device: str) -> tuple:
+    """(W, b, sigma) that ``ppca_m_step`` returned, as reported plain tensors."""
+    value = _returned(result, "ppca_m_step")
+    expect(isinstance(value, list) and len(value) == 3,
+           f"ppca_m_step should return a tuple (W, b, sigma), got {kind_of(value)}")
+    return tuple(tensor_value(v, f"{name} of ppca_m_step ({device})")
+                 for v, name in zip(value, ("W", "b", "sigma")))
+
+
+def _sigma2_for(X, Ez, Ezz, W) -> torch.Tensor:
+    """The M-step's sigma^2 for this W: 1/(N D) sum_n (|x_n - b|^2 - 2 E[z_n]^T W^T (x_n - b)
+    + tr(E[z_n z_n^T] W^T W)), b the mean of X; and the known mistakes' values."""
+    N, D = X.shape
+    xc = X - X.mean(0)
+    parts = ((xc ** 2).sum(), (Ez * (xc @ W)).sum(), (Ezz * (W.T @ W)).sum())
+    return parts, (parts[0] - 2 * parts[1] + parts[2]) / (N * D)
+
+
+def em_m_step_w(probe: Probe, rng: torch.Generator) -> str:
+    """Hidden tests of the M-step's W and b (cell em-m-step-w-tests).
+
+    On every device, X [40, D] from a PPCA with D = 6, K = 2 and the E-step's moments under
+    other parameters (drawn for each run; computed here, so that an E-step mistake is not
+    charged): b is the mean of X and W = [sum_n (x_n - b) E[z_n]^T] [sum_n E[z_n z_n^T]]^{-1}
+    [D, K] (dpm_core's M-step, rtol and atol 1e-8), in the dtype and on the device of X. Data
+    not centred, E[z] E[z]^T in place of E[z z^T], the sum not inverted, and a sum against an
+    average are named.
+    """
+    X, Ez, Ezz = _m_step_problem(rng)
+    W_ref, b_ref, _ = m_step(X, Ez, Ezz)
+    xc = X - X.mean(0)
+    S_zz = Ezz.sum(0)
+    hints = [
+        (X.T @ Ez @ torch.linalg.inv(S_zz), "W uses x_n, not x_n - b: subtract the mean b "
+                                            "from the data"),
+        (xc.T @ Ez @ torch.linalg.inv(Ez.T @ Ez), "W needs sum_n E[z_n z_n^T], the second "
+                                                  "moments with the posterior covariance, not "
+                                                  "sum_n E[z_n] E[z_n]^T"),
+        (xc.T @ Ez @ S_zz, "W = [sum_n (x_n - b) E[z_n]^T] times the INVERSE of "
+                           "sum_n E[z_n z_n^T]"),
+        (xc.T @ Ez @ torch.linalg.inv(S_zz) / len(X), "both factors of W are sums over n (or "
+                                                      "both averages): you mixed a sum and an "
+                                                      "average"),
+        (xc.T @ Ez @ torch.linalg.inv(S_zz) * len(X), "both factors of W are sums over n (or "
+                                                      "both averages): you mixed a sum and an "
+                                                      "average"),
+    ]
+    for device, result in zip(probe.devices,
+                              probe.run([call("ppca_m_step", X, Ez, Ezz, device=d)
+                                         for d in probe.devices])):
+        W, b, _ = _m_step_parts(result, device)
+        expect(_on(W, device) and W.dtype == torch.float64,
+               f"W is a {W.dtype} tensor on {W.device} for float64 data on {device}; keep the "
+               f"dtype and device of X")
+        if tuple(W.shape) == (2, 6):
+            raise AssertionError("W has shape [K, D], expected [D, K]: transpose it (it is "
+                                 "[sum_n (x_n - b) E[z_n]^T] [sum_n E[z_n z_n^T]]^{-1})")
+        b = _shaped(b, (6,), f"b of ppca_m_step ({device})", "the mean of the rows of X")
+        expect_close(b, b_ref, f"b ({device})", "b is the mean of the rows of X", rtol=1e-8,
+                     atol=1e-8)
+        W = _shaped(W, (6, 2), f"W of ppca_m_step ({device})")
+        if not _close(W, W_ref, 1e-8, 1e-8):
+            hint = known_mistake(W, hints, rtol=1e-6, atol=1e-6)
+            if hint:
+                raise AssertionError(f"the M-step's W is wrong: {hint}")
+        expect_close(W, W_ref, f"W ({device})",
+                     "W = [sum_n (x_n - b) E[z_n]^T] [sum_n E[z_n z_n^T]]^{-1}", rtol=1e-8,
+                     atol=1e-8)
+    return "Hidden tests of the M-step's W and b passed."
+
+
+def em_m_step_sigma(probe: Probe, rng: torch.Generator) -> str:
+    """Hidden tests of the M-step's sigma (cell em-m-step-sigma-tests).
+
+    On every device, X and moments as for em-m-step-w-tests: sigma is a 0-d tensor and sigma^2
+    = 1/(N D) sum_n (|x_n - b|^2 - 2 E[z_n]^T W^T (x_n - b) + tr(E[z_n z_n^T] W^T W)) (rtol and
+    atol 1e-8) with your own new W (where it has shape [D, K]), so that a mistake in W is not
+    charged here again. sigma^2 returned for sigma, the normaliser N or D for N D, a missing
+    factor 2, E[z] E[z]^T in the trace, the old parameters' noise and data not centred are named.
+    """
+    X, Ez, Ezz = _m_step_problem(rng)
+    W_ref, _, _ = m_step(X, Ez, Ezz)
+    N, D = X.shape
+    for device, result in zip(probe.devices,
+                              probe.run([call("ppca_m_step", X, Ez, Ezz, device=d)
+                                         for d in probe.devices])):
+        W, _, sigma = _m_step_parts(result, device)
+        W = W.data if tuple(W.shape) == (6, 2) else W_ref
+        (sq, cross, trace), s2 = _sigma2_for(X, Ez, Ezz, W)
+        if sigma.data.numel() == 1 and tuple(sigma.shape) != ():
+            raise AssertionError(f"sigma has shape {list(sigma.shape)}: return a 0-d tensor "
+                                 f"(sum over n and over the coordinates)")
+        sigma = _shaped(sigma, (), f"sigma of ppca_m_step ({device})",
+                        "one noise scale, a 0-d tensor: sum over n and over the coordinates")
+        if not _close(sigma, s2.sqrt(), 1e-8, 1e-8):
+            uncentred = (X ** 2).sum() - 2 * (Ez * (X @ W)).sum() + trace
+            hint = known_mistake(sigma, [
+                (s2, "return sigma, the square root of the update of sigma^2"),
+                ((s2 * D).sqrt(), "sigma^2 is an average over N D numbers (every coordinate of "
+                                  "every data point): divide by N D, not N"),
+                ((s2 * N).sqrt(), "sigma^2 is an average over N D numbers: divide by N D, not D"),
+                (((sq - cross + trace) / (N * D)).sqrt(),
+                 "the cross term of |x_n - W z_n - b|^2 is -2 E[z_n]^T W^T (x_n - b): you left "
+                 "out the factor 2"),
+                (((sq - 2 * cross + (W.T @ W * (Ez.T @ Ez)).sum()) / (N * D)).sqrt(),
+                 "the last term is tr(E[z_n z_n^T] W^T W), with the second moments E[z z^T] "
+                 "(posterior covariance included), not E[z] E[z]^T"),
+                ((uncentred / (N * D)).sqrt(), "subtract the mean b from x_n in the update of "
+                                               "sigma^2 too"),
+            ], rtol=1e-6, atol=1e-6)
+            if hint:
+                raise AssertionError(f"the M-step's sigma is wrong: {hint}")
+        expect_close(sigma, s2.sqrt(), f"sigma ({device})",
+                     "sigma^2 = 1/(N D) sum_n (|x_n - b|^2 - 2 E[z_n]^T W^T (x_n - b) + "
+                     "tr(E[z_n z_n^T] W^T W)), with the new W", rtol=1e-8, atol=1e-8)
+    return "Hidden tests of the M-step's sigma passed."
+
+
 # ----------------------------------------------------------------------------- the IWAE bound
 def iwae_bound(probe: Probe, rng: torch.Generator) -> str:
     """Hidden tests of iwae_bound (cell iwae-bound-tests).
@@ -1010,7 +1248,6 @@ def per_datapoint(probe: Probe, rng: torch.Generator) -> str:
                            "are the scales trained, and kept positive with softplus?")
     return "Hidden tests of fit_per_datapoint passed."
 
-
 JUDGES = {
     "pca-basis-tests": pca_basis,
     "pca-encoding-tests": pca_encoding,
@@ -1018,6 +1255,10 @@ JUDGES = {
     "ppca-posterior-mean-tests": ppca_posterior_mean,
     "ppca-posterior-cov-tests": ppca_posterior_cov,
     "ppca-bayes-tests": ppca_bayes,
+    "em-e-step-mean-tests": em_e_step_mean,
+    "em-e-step-moment-tests": em_e_step_moment,
+    "em-m-step-w-tests": em_m_step_w,
+    "em-m-step-sigma-tests": em_m_step_sigma,
     "iwae-bound-tests": iwae_bound,
     "iwae-stability-tests": iwae_stability,
     "log-weights-tests": log_weights,

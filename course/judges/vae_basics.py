@@ -1,4 +1,4 @@
-"""Judges of vae_basics: the KL term, the reparameterisation trick and the loss.
+"""Judges of vae_basics: the KL terms, the reparameterisation trick and the loss.
 
 One judge per graded test cell. Each draws its inputs from the run's generator, has the
 probe call the student's function in the kernel, and compares what comes back with
@@ -19,9 +19,11 @@ from course.judges._common import (Probe, call, draw_seed, expanded, expect, exp
                                    kind_of, known_mistake, leaf, returned, statistical,
                                    tensor_value)
 from dpm_core.kl import KL as KL_ref
+from dpm_core.kl import KL_full as KL_full_ref
 from dpm_core.vae import loss_func as loss_func_ref
 
-__all__ = ["JUDGES", "kl_formula", "kl_reduction", "reparametrise_distribution",
+__all__ = ["JUDGES", "kl_formula", "kl_reduction", "kl_full_value", "kl_full_batch",
+           "reparametrise_distribution",
            "reparametrise_gradient", "loss_terms", "loss_batch"]
 
 
@@ -184,6 +186,195 @@ def kl_reduction(probe: Probe, rng: torch.Generator) -> str:
                 expect_close(got, td.kl_divergence(q, p), f"KL of inputs of shape {list(shape)}",
                              "it should agree with td.kl_divergence of two diagonal Gaussians")
     return "Hidden tests of the KL reduction passed."
+
+
+def _cholesky_factor(rng: torch.Generator, *shape: int) -> torch.Tensor:
+    """A random lower-triangular factor ``[*shape, K, K]`` (``shape`` ends with K): off-diagonal
+    entries 0.6 N(0, 1), diagonal uniform in [0.5, 1.5]."""
+    off = (0.6 * torch.randn(*shape, shape[-1], generator=rng)).tril(-1)
+    return off + torch.diag_embed(0.5 + torch.rand(*shape, generator=rng))
+
+
+def _gauss_kl(mu_q, S_q, mu_p, S_p) -> torch.Tensor:
+    """KL(N(mu_q, S_q) || N(mu_p, S_p)) from covariance matrices, in float64."""
+    q = td.MultivariateNormal(mu_q.double(), covariance_matrix=S_q.double())
+    p = td.MultivariateNormal(mu_p.double(), covariance_matrix=S_p.double())
+    return td.kl_divergence(q, p)
+
+
+def _kl_full_mistake(got, cases) -> str | None:
+    """The known mistake whose formula gives ``got`` ([N], one per single-Gaussian case)."""
+    def each(f):
+        return torch.stack([f(*(t.double() for t in case)) for case in cases])
+
+    def logdets(mu_q, L_q, mu_p, L_p):
+        return torch.logdet(L_p @ L_p.mT) - torch.logdet(L_q @ L_q.mT)
+
+    def trace(A, B):  # tr(A^{-1} B)
+        return torch.linalg.solve(A, B).diagonal(dim1=-2, dim2=-1).sum(-1)
+
+    ref = each(lambda mq, Lq, mp, Lp: _gauss_kl(mq, Lq @ Lq.mT, mp, Lp @ Lp.mT))
+    K = torch.tensor([float(case[0].shape[-1]) for case in cases], dtype=torch.float64)
+    known = [
+        (each(lambda mq, Lq, mp, Lp: _gauss_kl(mp, Lp @ Lp.mT, mq, Lq @ Lq.mT)),
+         "this is KL(p || q): the arguments are swapped; the first Gaussian, q, is the one the "
+         "expectation is under"),
+        (ref + K / 2, "the -K term is missing (KL(q || q) must be 0)"),
+        (2 * ref, "the factor 1/2 is missing"),
+        (ref - each(logdets) / 4, "log det Sigma = 2 sum_k log L_kk: the log-determinant of L "
+                                  "is half that of Sigma = L L^T"),
+        (ref - each(logdets), "the log-determinants have the wrong signs: the formula has "
+                              "+ log det Sigma_p - log det Sigma_q"),
+        (each(lambda mq, Lq, mp, Lp: _gauss_kl(mq, Lq @ Lq.mT, mp, Lp.mT @ Lp)),
+         "Sigma_p = L_p L_p^T, not L_p^T L_p: a factor is transposed (it is lower triangular)"),
+        (each(lambda mq, Lq, mp, Lp: _gauss_kl(mq, Lq.mT @ Lq, mp, Lp.mT @ Lp)),
+         "Sigma = L L^T, not L^T L: the factors are transposed (they are lower triangular)"),
+        (each(lambda mq, Lq, mp, Lp: _gauss_kl(mq, Lq @ Lq.mT, mp, torch.diag(Lp.diagonal() ** 2))),
+         "only the diagonal of L_p is used: the factors are lower triangular, so the solves "
+         "need upper=False"),
+        (ref + each(lambda mq, Lq, mp, Lp: trace(Lq @ Lq.mT, Lp @ Lp.mT)
+                    - trace(Lp @ Lp.mT, Lq @ Lq.mT)) / 2,
+         "the trace term inverts the wrong matrix: it is tr(Sigma_p^{-1} Sigma_q), i.e. "
+         "L_p^{-1} L_q"),
+        (ref + each(lambda mq, Lq, mp, Lp: torch.linalg.solve(Lp, Lq).diagonal().sum()
+                    - trace(Lp @ Lp.mT, Lq @ Lq.mT)) / 2,
+         "tr(Sigma_p^{-1} Sigma_q) is the squared Frobenius norm of M = L_p^{-1} L_q (the sum "
+         "of the squares of all its entries), not the trace of M"),
+        (ref - each(lambda mq, Lq, mp, Lp: (mp - mq) @ torch.linalg.solve(Lp @ Lp.mT, mp - mq))
+         / 2, "the quadratic form (mu_p - mu_q)^T Sigma_p^{-1} (mu_p - mu_q) is missing"),
+    ]
+    return known_mistake(got.double(), known, rtol=1e-3, atol=1e-3)
+
+
+def kl_full_value(probe: Probe, rng: torch.Generator) -> str:
+    """Hidden tests of the full-covariance KL (cell kl-full-value-tests).
+
+    Single Gaussians (inputs [K] and [K, K], no leading dimensions, so that this cell grades
+    the formula and the next one the batching), two for each K in 1 to 4, on every device:
+    means N(0, 1), factors lower triangular with off-diagonal entries 0.6 N(0, 1) and a diagonal
+    in [0.5, 1.5], drawn for each run. The values against dpm_core's KL_full and
+    td.kl_divergence of two td.MultivariateNormal (rtol 1e-4, atol 1e-4, float32 inputs), and
+    the gradients with respect to the means and the lower triangles of the factors against
+    torch's (rtol 1e-3, atol 1e-4; the upper triangles are not parameters of a Cholesky
+    factor). A known mistake is recognised with rtol 1e-3, atol 1e-3.
+    """
+    cases = [(torch.randn(K, generator=rng), _cholesky_factor(rng, K),
+              torch.randn(K, generator=rng), _cholesky_factor(rng, K))
+             for K in (1, 2, 3, 4) for _ in range(2)]
+    for device in probe.devices:
+        results = probe.run([call("KL_full", *(leaf(t) for t in case), device=device,
+                                  grad=(0, 1, 2, 3)) for case in cases])
+        values = []
+        for case, result in zip(cases, results):
+            got = returned(result, "KL_full",
+                           f"KL_full failed for single Gaussians (inputs [K] and [K, K]) on "
+                           f"{device}: count dimensions from the end (-1, -2), and create "
+                           f"constants on the inputs' device",
+                           hint_for=("RuntimeError", "IndexError", "ValueError"))
+            got = tensor_value(got, "KL_full")
+            expect(tuple(got.shape) == (),
+                   f"KL_full of single Gaussians (inputs [K] and [K, K]) should have shape [], "
+                   f"got {list(got.shape)}: sum over the last dimensions only")
+            expect(got.device.split(":")[0] == device,
+                   f"KL_full returned a tensor on {got.device} for inputs on {device}")
+            values.append(got.data.reshape(()).double())
+        got = torch.stack(values)
+        ref = torch.stack([KL_full_ref(*(t.double() for t in case)) for case in cases])
+        if not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
+            worst = (got - ref).abs().max().item()
+            why = _kl_full_mistake(got, cases)
+            raise AssertionError(
+                f"KL_full differs from the KL between the two Gaussians by up to {worst:.4g} "
+                f"(on {device}): " + (why or "check each term against the formula of "
+                                             "Exercise 3"))
+        torch_kl = torch.stack([_gauss_kl(mq, Lq @ Lq.mT, mp, Lp @ Lp.mT)
+                                for mq, Lq, mp, Lp in cases])
+        expect_close(got, torch_kl, "KL_full", "it should agree with td.kl_divergence of two "
+                                               "td.MultivariateNormal", atol=1e-4)
+        expect(all(r["value"].requires_grad for r in results),
+               "KL_full carries no gradient: did you use .detach(), .item(), torch.no_grad() or "
+               "NumPy?")
+        for case, result in zip(cases, results):
+            args = [t.double().requires_grad_() for t in case]
+            refs = torch.autograd.grad(KL_full_ref(*args), args)
+            grads = result["grads"] if isinstance(result["grads"], list) else [None] * 4
+            for name, g, gr in zip(["mu_q", "L_q", "mu_p", "L_p"], grads, refs):
+                g = torch.zeros_like(gr) if g is None else \
+                    tensor_value(g, f"the gradient with respect to {name}").data.double()
+                if gr.dim() == 2:
+                    g, gr = g.tril(), gr.tril()
+                expect(torch.allclose(g, gr, rtol=1e-3, atol=1e-4),
+                       f"the gradient of KL_full with respect to {name} differs from the "
+                       f"derivative of the KL (on {device}): is part of the formula detached "
+                       f"or computed outside torch?")
+    return "Hidden tests of the full-covariance KL passed."
+
+
+#: (leading shape of q, leading shape of p, K): K differs from every leading size, so that a
+#: K read from the wrong dimension shows
+_FULL_SHAPES = [((3, 5), (3, 5), 2), ((4,), (), 3), ((2, 3), (3,), 4), ((), (2,), 3)]
+
+
+def kl_full_batch(probe: Probe, rng: torch.Generator) -> str:
+    """Hidden tests of the batching of the full-covariance KL (cell kl-full-batch-tests).
+
+    Leading shapes of q and p that are equal or broadcast against each other, on every
+    device. KL_full of a batch must have the broadcast leading shape, and each of its numbers
+    must be your own KL_full of that one pair of Gaussians (inputs [K] and [K, K]), rtol 1e-4,
+    atol 1e-4, so that a mistake in the formula is not charged here again (where your
+    KL_full fails on single Gaussians, the batch is compared with dpm_core's KL_full instead).
+    """
+    inputs = [(torch.randn(*qs, K, generator=rng), _cholesky_factor(rng, *qs, K),
+               torch.randn(*ps, K, generator=rng), _cholesky_factor(rng, *ps, K))
+              for qs, ps, K in _FULL_SHAPES]
+    pairs = []  # per input, its broadcast elements as single Gaussians
+    for (qs, ps, K), (mq, Lq, mp, Lp) in zip(_FULL_SHAPES, inputs):
+        shape = torch.broadcast_shapes(qs, ps)
+        pairs.append(list(zip(mq.expand(*shape, K).reshape(-1, K),
+                              Lq.expand(*shape, K, K).reshape(-1, K, K),
+                              mp.expand(*shape, K).reshape(-1, K),
+                              Lp.expand(*shape, K, K).reshape(-1, K, K))))
+    for device in probe.devices:
+        ops = [call("KL_full", *case, device=device) for case in inputs]
+        for each in pairs:
+            ops += [call("KL_full", *pair, device=device) for pair in each]
+        results = probe.run(ops)
+        whole, singles = results[:len(inputs)], results[len(inputs):]
+        for (qs, ps, K), case, each, result in zip(_FULL_SHAPES, inputs, pairs, whole):
+            mine, singles = singles[:len(each)], singles[len(each):]
+            shape = list(torch.broadcast_shapes(qs, ps))
+            where = f"q with leading shape {list(qs)} and p with {list(ps)} (K = {K})"
+            got = returned(result, "KL_full",
+                           f"KL_full failed for {where}: count dimensions from the end "
+                           f"(-1, -2) and let the leading ones broadcast (torch.diagonal's "
+                           f"default dims are 0 and 1: use dim1=-2, dim2=-1)",
+                           hint_for=("RuntimeError", "IndexError", "ValueError"))
+            got = tensor_value(got, "KL_full")
+            if list(got.shape) != shape:
+                why = ("you reduced over everything (a sum without dims): reduce over the last "
+                       "dimensions only" if got.dim() == 0 else
+                       "reduce over the last dimensions only (-1, -2), and let the leading "
+                       "ones broadcast")
+                raise AssertionError(f"KL_full of {where} has shape {list(got.shape)}, expected "
+                                     f"{shape}: {why}")
+            got = got.data.double().reshape(-1)
+            try:
+                own = torch.stack([tensor_value(returned(r, "KL_full"), "KL_full").data.double()
+                                   .reshape(()) for r in mine])
+                against = "your KL_full of its pairs of Gaussians one at a time"
+            except (AssertionError, RuntimeError):  # charged by kl-full-value-tests
+                own = torch.stack([KL_full_ref(*(t.double() for t in pair)) for pair in each])
+                against = "the KL of its pairs of Gaussians"
+            expect(bool(torch.isfinite(got).all()),
+                   f"KL_full of {where} returned inf or NaN: does something read the diagonal "
+                   f"of a batch dimension (torch.diagonal's default dims are 0 and 1)?")
+            if not torch.allclose(got, own, rtol=1e-4, atol=1e-4):
+                raise AssertionError(
+                    f"KL_full of {where} differs from {against}: something mixes the batch "
+                    f"elements, e.g. torch.diagonal(L) (its default dims are 0 and 1: use "
+                    f"dim1=-2, dim2=-1), K = mu.shape[0] (K is the last size), or a sum over a "
+                    f"leading dimension")
+    return "Hidden tests of the batching of the full-covariance KL passed."
 
 
 @statistical
@@ -467,6 +658,8 @@ def loss_batch(probe: Probe, rng: torch.Generator) -> str:
 JUDGES = {
     "kl-formula-tests": kl_formula,
     "kl-reduction-tests": kl_reduction,
+    "kl-full-value-tests": kl_full_value,
+    "kl-full-batch-tests": kl_full_batch,
     "reparametrise-distribution-tests": reparametrise_distribution,
     "reparametrise-gradient-tests": reparametrise_gradient,
     "loss-terms-tests": loss_terms,
