@@ -405,6 +405,22 @@ def _posterior_m_used(mean, x, W, b, sigma):
     return right
 
 
+def _posterior_mean_mistakes(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, sigma,
+                             formula: str, point: str) -> list:
+    """``[(value, message)]``: the PPCA posterior mean M^{-1} W^T (x - b) with each common
+    mistake (M^{-1}, sigma^2 I or b left out, sigma for sigma^2); ``formula`` states the right
+    mean and ``point`` names the data point in the messages."""
+    eye = torch.eye(W.shape[-1], dtype=W.dtype)
+    return [
+        ((x - b) @ W, f"{formula}: you left out M^{{-1}}"),
+        ((x - b) @ W @ torch.linalg.inv(W.T @ W), "M = W^T W + sigma^2 I: you left out sigma^2 I"),
+        (x @ W @ torch.linalg.inv(W.T @ W + sigma ** 2 * eye),
+         f"subtract b from {point}: {formula}"),
+        ((x - b) @ W @ torch.linalg.inv(W.T @ W + sigma * eye),
+         "M = W^T W + sigma^2 I, with sigma squared"),
+    ]
+
+
 def ppca_posterior_mean(probe: Probe, rng: torch.Generator) -> str:
     """Hidden tests of the mean of ppca_posterior (cell ppca-posterior-mean-tests).
 
@@ -418,15 +434,7 @@ def ppca_posterior_mean(probe: Probe, rng: torch.Generator) -> str:
     W, b, sigma = model["W"], model["b"], _sigma(model)
     x = _draw_x(model, (3, 5), rng)
     reference = _reference(model).exact_posterior(x).mean
-    eye = torch.eye(2, dtype=torch.float64)
-    hints = [
-        ((x - b) @ W, "the mean is M^{-1} W^T (x - b): you left out M^{-1}"),
-        ((x - b) @ W @ torch.linalg.inv(W.T @ W), "M = W^T W + sigma^2 I: you left out sigma^2 I"),
-        (x @ W @ torch.linalg.inv(W.T @ W + sigma ** 2 * eye),
-         "subtract b from x: the mean is M^{-1} W^T (x - b)"),
-        ((x - b) @ W @ torch.linalg.inv(W.T @ W + sigma * eye),
-         "M = W^T W + sigma^2 I, with sigma squared"),
-    ]
+    hints = _posterior_mean_mistakes(x, W, b, sigma, "the mean is M^{-1} W^T (x - b)", "x")
     for device, result in zip(probe.devices, probe.run(_posterior_ops(probe, x, model))):
         what = f"ppca_posterior for x of shape [3, 5, D] ({device})"
         seen = _raised(result, "ppca_posterior")
@@ -576,15 +584,8 @@ def em_e_step_mean(probe: Probe, rng: torch.Generator) -> str:
     model, X = _em_problem(rng)
     W, b, sigma = model["W"], model["b"], _sigma(model)
     reference, _ = e_step(X, W, b, sigma)
-    eye = torch.eye(2, dtype=torch.float64)
-    hints = [
-        ((X - b) @ W, "E[z_n] = M^{-1} W^T (x_n - b): you left out M^{-1}"),
-        ((X - b) @ W @ torch.linalg.inv(W.T @ W), "M = W^T W + sigma^2 I: you left out sigma^2 I"),
-        (X @ W @ torch.linalg.inv(W.T @ W + sigma ** 2 * eye),
-         "subtract b from x_n: E[z_n] = M^{-1} W^T (x_n - b)"),
-        ((X - b) @ W @ torch.linalg.inv(W.T @ W + sigma * eye),
-         "M = W^T W + sigma^2 I, with sigma squared"),
-    ]
+    hints = _posterior_mean_mistakes(X, W, b, sigma, "E[z_n] = M^{-1} W^T (x_n - b)",
+                                     "x_n")
     devices = probe.devices
     results = probe.run(_e_step_ops(probe, X, model) + _e_step_ops(probe, X, model, True))
     for device, tensor_run, float_run in zip(devices, results, results[len(devices):]):
