@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 ## main: the instructor pipeline (release, simulated students, autograde, grades, feedback),
-##       then the reference VAE benchmark (60 s of training, test ELBO and log p(x))
+##       then the reference VAE benchmark (8000 training steps, test ELBO and log p(x))
 main: setup
 	$(PY) -m course.pipeline
 	$(PY) -m dpm_core.reference $(ARGS)

@@ -66,10 +66,19 @@ def main(argv=None) -> dict:
                 points = sorted({scores(r) for r in results})
             wall = time.perf_counter() - start
             figures[label] = wall
+            notebooks = args.students * sum(len(a["notebooks"]) for a in assignments)
             print(f"{label:<26} {args.students} students x {len(assignments)} assignments: "
                   f"{wall:7.1f} s, {wall / args.students:6.1f} s per student, "
-                  f"{3600 * args.students / wall:6.0f} students/hour"
+                  f"{3600 * args.students / wall:6.0f} students/hour, "
+                  f"{wall * (workers or 1) / notebooks:5.1f} worker-s per notebook"
                   + (f"  (scores seen: {points})" if points else ""), flush=True)
+            if workers is not None:  # what each notebook took on its worker, by kind of student
+                for kind in ("reference", "release"):
+                    took = [r.seconds / len(r.notebooks) for r in results
+                            if r.student.endswith(kind) and r.notebooks]
+                    if took:
+                        print(f"{'':26} {kind} notebooks: {sum(took) / len(took):5.1f} s each "
+                              f"on their worker (at most {max(took):.1f} s)", flush=True)
     ratio = figures["course.grade, 1 worker"] / figures["course.grade, 2 workers"]
     print(f"2 workers grade {ratio:.2f}x as many students per hour as 1 worker, "
           f"{figures['serial nbgrader'] / figures['course.grade, 2 workers']:.2f}x as serial "

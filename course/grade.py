@@ -38,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -225,7 +226,7 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
     from nbgrader.api import Gradebook
     from tqdm.auto import tqdm
 
-    from course.merge import merge_result, template_gradebook
+    from course.merge import merge_results, template_gradebook
 
     root = Path(root).resolve()
     assignments = list(assignments)
@@ -233,11 +234,12 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
         check_sandbox()
     db = root / "course" / "gradebook.db"
     chosen = chosen_students(root, assignments, students)
+    wanted = [a for a in assignments if chosen[a["name"]]]
+    # a template is an nbgrader run of seconds in a process of its own: made side by side
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        templates = list(pool.map(lambda a: template_gradebook(root, a["name"]), wanted))
     pending = []
-    for a in assignments:
-        if not chosen[a["name"]]:
-            continue
-        template = template_gradebook(root, a["name"])
+    for a, template in zip(wanted, templates):
         if register(root, a["name"], template) and progress:
             print(f"registered {a['name']} in {db} (nbgrader generate_assignment, as source/ "
                   f"has it now)", file=sys.stderr)
@@ -277,21 +279,25 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
         for _ in range(2 * max(1, workers_now)):
             submit_next(futures)
         with Gradebook(f"sqlite:///{db}") as gb:
-            for future in futures:
-                a, student = sent.pop(future.key)
-                try:
-                    result = future.result()
-                except Exception as err:  # the worker died (KilledWorker) or the task failed
-                    result = Result(a["name"], student, status="error",
-                                    reasons={"(grader)": f"grading failed: {type(err).__name__}: {err}"},
-                                    notebooks={nb: b"" for nb in a["notebooks"]})
-                merge_result(gb, result, root / "course" / "autograded")
-                results.append(result)
-                bar.update()
+            # what finished while the last batch was merged is merged in one transaction
+            for batch in futures.batches():
+                ready = []
+                for future in batch:
+                    a, student = sent.pop(future.key)
+                    try:
+                        ready.append(future.result())
+                    except Exception as err:  # the worker died (KilledWorker) or the task failed
+                        why = f"grading failed: {type(err).__name__}: {err}"
+                        ready.append(Result(a["name"], student, status="error",
+                                            reasons={"(grader)": why},
+                                            notebooks={nb: b"" for nb in a["notebooks"]}))
+                    future.release()
+                    submit_next(futures)  # the workers grade on while this batch is merged
+                merge_results(gb, ready, root / "course" / "autograded")
+                results += ready
+                bar.update(len(ready))
                 rate = len(results) / max(time.perf_counter() - start, 1e-9) * 3600
                 bar.set_postfix_str(f"{rate:.0f} submissions/hour")
-                future.release()
-                submit_next(futures)
     finally:
         bar.close()
         client.close()

@@ -21,6 +21,7 @@ import time
 
 import zmq
 
+from nbclient.client import timestamp
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 from nbformat import from_dict
@@ -33,6 +34,7 @@ from traitlets import Integer, List, Unicode
 from course.judges import judge_for, run_judge
 from course.judges._common import Probe
 from course.sandbox import MemoryCap, gib
+from dpm_core.selfcheck import SELF_CHECKS
 from dpm_probe.runtime import MIME as PROBE_MIME
 from dpm_probe.wire import WireError
 
@@ -130,7 +132,7 @@ class WarningsAreNotFailures(NbGraderPreprocessor):
 
 class BoundedExecute(Execute):
     """nbgrader's ``Execute`` that always ends, keeps what passed, says why it stopped, and
-    gives a test cell its points only for a pass token.
+    lets a judge outside the kernel decide each test cell.
 
     * Each cell has ``timeout`` seconds, and the notebook ``notebook_timeout`` in all; a
       cell that runs over is interrupted (nbgrader's behaviour) and fails.
@@ -148,6 +150,8 @@ class BoundedExecute(Execute):
       malformed or oversized probe reply fails the cell with a reason; the probe's other
       outputs are dropped. Nothing the kernel does can change a judge's verdict; the
       own-work scan of the solution cells (``course.own_work``) reads the source handed in.
+    * The self-check cells (locked, restored from the source) are not run: they decide no
+      point, and the student has run them already.
     * The reason, if any, is written as JSON to ``report_file``: ``stopped`` (why the
       student's notebook stopped early) and ``grader_error`` (the kernel did not even start:
       not the student's doing).
@@ -186,6 +190,9 @@ class BoundedExecute(Execute):
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code" or not cell.source.strip():
+            return cell, resources
+        if _is_self_check(cell):  # they tell the student what to mend; the judges decide
+            cell.outputs = []
             return cell, resources
         if not self._stopped and self._deadline is not None:
             left = self._deadline - time.monotonic()
@@ -260,6 +267,9 @@ class BoundedExecute(Execute):
         """Grade a test cell by its judge, outside the kernel: the cell's code is not run; its
         outputs are the judge's verdict (a line when it passes, an error naming the mistake)."""
         probe = _KernelProbe(self, index)
+        # when the judge ran, as nbclient records it for the cells it sends to the kernel
+        timing = cell.metadata.setdefault("execution", {})
+        timing["judge.started"] = timestamp()
         try:
             message = run_judge(judge, probe, secrets.randbits(62))
             cell.outputs = [new_output("stream", name="stdout", text=f"{message}\n")]
@@ -277,6 +287,8 @@ class BoundedExecute(Execute):
             cell.outputs = [self._error(
                 "AssertionError", f"the hidden tests could not use what your code returned "
                                   f"({type(err).__name__}: {err})")]
+        finally:
+            timing["judge.finished"] = timestamp()
         cell.execution_count = None
 
     def _probe(self, code: str, index: int):
@@ -366,6 +378,13 @@ class _KernelProbe(Probe):
         except (binascii.Error, TypeError, ValueError):
             raise AssertionError("the kernel's answer to the hidden tests is not "
                                  "readable") from None
+
+
+def _is_self_check(cell) -> bool:
+    """A self-check cell of the assignment: locked (nbgrader restores its code from the
+    source), neither graded nor a solution, and named ``<exercise>-tests-self-checks``."""
+    return (utils.is_locked(cell) and not utils.is_grade(cell) and not utils.is_solution(cell)
+            and cell.metadata.nbgrader.get("grade_id", "").endswith(SELF_CHECKS))
 
 
 def _scan_own_work(nb, assignment: str) -> dict:

@@ -1,9 +1,20 @@
-"""Write a graded submission (a :class:`course.submission.Result`) into the course.
+"""Write graded submissions (:class:`course.submission.Result`) into the course.
 
 The coordinating process is the only writer of the course's ``gradebook.db``: it records
-each result with nbgrader's own API (student, submission, per-cell ``auto_score`` and
-``auto_comment``, as nbgrader's ``SaveAutoGrades`` does) and puts the autograded notebooks
-where nbgrader's formgrader, ``generate_feedback`` and ``export`` look for them.
+each result in nbgrader's tables through nbgrader's own mapped classes (``nbgrader.api``'s
+``Student``, ``SubmittedAssignment``, ``SubmittedNotebook``, ``Grade``, ``Comment``: the rows
+that nbgrader's ``add_submission`` makes and its ``SaveAutoGrades`` fills, per-cell
+``auto_score`` and ``auto_comment``) and puts the autograded notebooks where nbgrader's
+formgrader, ``generate_feedback`` and ``export`` look for them.
+
+:func:`merge_results` records the results that finished together in one transaction, with
+one statement per table, and every query of the students' rows is answered by one of
+nbgrader's unique indexes. Going through ``Gradebook.update_or_create_submission`` and the
+ORM objects it returns costs 40 to 50 statements and three commits per submission (here:
+10 or 11 statements per assignment of a batch, one commit per batch), and
+``SubmittedNotebook.grades`` reads ``grade`` by ``notebook_id``, which no index covers: a
+scan of every grade in the course. ``benchmarks/coordinator_throughput.py`` measures both;
+``tests/test_merge.py`` checks that they write the same gradebook.
 """
 
 from __future__ import annotations
@@ -11,17 +22,22 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
-from nbgrader.api import Gradebook
-from sqlalchemy.exc import SAWarning
+from nbgrader.api import (BaseCell, Comment, Grade, Gradebook, Student, SubmittedAssignment,
+                          SubmittedNotebook, new_uuid)
+from nbgrader.utils import parse_utc
+from sqlalchemy import insert, select, update
 
-__all__ = ["GRADING_RECORD", "template_gradebook", "merge_result", "grading_record"]
+__all__ = ["GRADING_RECORD", "template_gradebook", "merge_results", "merge_result",
+           "grading_record"]
 
 #: the file beside a submission's autograded notebooks that records what the grader found beyond
 #: the points (read by course.report)
 GRADING_RECORD = "grading.json"
+#: the grade of a cell that the result does not know (the grader failed before it): 0 points,
+#: (auto_score, max_score, needs_manual_grade, autograded) as in Result.grades
+_UNGRADED = (0.0, None, False, True)
 
 
 def template_gradebook(course_root: Path, assignment: str) -> bytes:
@@ -41,32 +57,168 @@ def template_gradebook(course_root: Path, assignment: str) -> bytes:
         return (root / "course" / "gradebook.db").read_bytes()
 
 
-def merge_result(gb: Gradebook, result, autograded_dir: Path) -> None:
-    """Record one result in the gradebook and write its autograded notebooks.
+def merge_results(gb: Gradebook, results: list, autograded_dir: Path) -> None:
+    """Record results in the gradebook, in one transaction, and write their autograded notebooks.
 
-    ``autograded_dir`` is the course's ``autograded`` folder; the notebooks go to
-    ``<autograded_dir>/<student>/<assignment>/<notebook>.ipynb``, as nbgrader puts them, with
-    :data:`GRADING_RECORD` beside them (:func:`grading_record`: what the gradebook has no place
-    for). A grade that a human already set by hand (``manual_score``) is kept, and flagged for
-    review as nbgrader does when it re-grades.
+    For each result: the student and the submission are created if the gradebook lacks them
+    (the submission with a grade per grade or task cell and a comment per solution or task
+    cell, as nbgrader's ``add_submission`` makes it), the timestamp is set when the result
+    has one, every grade gets the result's ``auto_score`` (0 for a cell the result does not
+    know: the grader failed before it) and every comment its ``auto_comment``. A grade that
+    a human already set by hand (``manual_score``) is kept, and flagged for review as nbgrader
+    does when it re-grades. ``autograded_dir`` is the course's ``autograded`` folder; the
+    notebooks go to ``<autograded_dir>/<student>/<assignment>/<notebook>.ipynb``, as nbgrader
+    puts them, with :data:`GRADING_RECORD` beside them (:func:`grading_record`: what the
+    gradebook has no place for).
+
+    A result of a submission that comes again later in ``results`` is recorded first, then
+    overwritten, as one call per result would do.
+
+    Raises:
+        nbgrader.api.MissingEntry: the gradebook does not know a result's assignment (nothing
+            of the batch is recorded).
     """
-    gb.update_or_create_student(result.student)
-    kwargs = {"timestamp": result.timestamp} if result.timestamp else {}
-    with warnings.catch_warnings():
-        # nbgrader's add_submission trips SQLAlchemy 2's autoflush warnings; harmless
-        warnings.simplefilter("ignore", category=SAWarning)
-        submission = gb.update_or_create_submission(result.assignment, result.student, **kwargs)
-    for notebook in submission.notebooks:
-        for grade in notebook.grades:
-            # a grade the result does not know (the grader failed before it) scores 0
-            score, _, pending, _ = result.grades.get((notebook.name, grade.name),
-                                                     (0.0, None, False, True))
-            grade.auto_score = score
-            grade.needs_manual_grade = grade.manual_score is not None or pending or score is None
-        for comment in notebook.comments:
-            comment.auto_comment = result.comments.get((notebook.name, comment.name))
-    gb.db.commit()
-    folder = Path(autograded_dir) / result.student / result.assignment
+    results = list(results)
+    if not results:
+        return
+    try:
+        for group in _without_repeats(results):
+            _record(gb, group)
+        gb.db.commit()
+    except BaseException:
+        gb.db.rollback()
+        raise
+    for result in results:
+        _write_files(result, Path(autograded_dir))
+
+
+def merge_result(gb: Gradebook, result, autograded_dir: Path) -> None:
+    """Record one result: :func:`merge_results` of ``[result]``."""
+    merge_results(gb, [result], autograded_dir)
+
+
+def _without_repeats(results: list) -> list:
+    """``results`` cut, in order, into groups in which no submission comes twice."""
+    groups, seen = [[]], set()
+    for result in results:
+        key = (result.assignment, result.student)
+        if key in seen:
+            groups.append([])
+            seen = set()
+        groups[-1].append(result)
+        seen.add(key)
+    return groups
+
+
+def _record(gb: Gradebook, results: list) -> None:
+    """Students, submissions, grades and comments of ``results`` (no two of one submission),
+    in the session's transaction, not committed."""
+    db = gb.db
+    names = sorted({r.student for r in results})
+    known = set(db.scalars(select(Student.id).where(Student.id.in_(names))))
+    if gb.authenticator:  # as nbgrader's update_or_create_student does
+        for name in names:
+            gb.authenticator.add_student_to_course(name, gb.course_id)
+    if len(known) < len(names):
+        db.execute(insert(Student), [{"id": name} for name in names if name not in known])
+    by_assignment: dict = {}
+    for result in results:
+        by_assignment.setdefault(result.assignment, []).append(result)
+    for name, group in by_assignment.items():
+        _record_assignment(gb, name, group)
+
+
+def _record_assignment(gb: Gradebook, name: str, results: list) -> None:
+    """:func:`_record` for the results of one assignment: the rows of nbgrader's tables, as
+    its ``add_submission`` and ``SaveAutoGrades`` write them, in one statement per table."""
+    db = gb.db
+    assignment = gb.find_assignment(name)
+    notebooks = {nb.id: nb.name for nb in assignment.notebooks}
+    cells = db.execute(select(BaseCell.id, BaseCell.name, BaseCell.notebook_id, BaseCell.type)
+                       .where(BaseCell.notebook_id.in_(list(notebooks)))).all()
+    cell_names = {c.id: c.name for c in cells}
+    # the queries of the students' rows name these ids, so that nbgrader's unique indexes on
+    # (assignment_id, student_id), (notebook_id, assignment_id) and (cell_id, notebook_id)
+    # answer them: nothing in the gradebook has an index on grade.notebook_id alone
+    submitted = dict(db.execute(
+        select(SubmittedAssignment.student_id, SubmittedAssignment.id).where(
+            SubmittedAssignment.assignment_id == assignment.id,
+            SubmittedAssignment.student_id.in_([r.student for r in results]))).all())
+    new = [r for r in results if r.student not in submitted]
+    if new:
+        _add_submissions(db, assignment.id, notebooks, cells, new)
+    old = {submitted[r.student]: r for r in results if r.student in submitted}
+    if not old:
+        return
+    stamps = [{"id": sid, "timestamp": parse_utc(r.timestamp)} for sid, r in old.items()
+              if r.timestamp]
+    if stamps:
+        db.execute(update(SubmittedAssignment), stamps)
+    by_notebook = {nb_id: (old[sid], notebooks[notebook_id]) for nb_id, sid, notebook_id in
+                   db.execute(select(SubmittedNotebook.id, SubmittedNotebook.assignment_id,
+                                     SubmittedNotebook.notebook_id).where(
+                       SubmittedNotebook.notebook_id.in_(list(notebooks)),
+                       SubmittedNotebook.assignment_id.in_(list(old))))}
+    grades = []
+    for gid, nb_id, cell_id, manual in db.execute(
+            select(Grade.id, Grade.notebook_id, Grade.cell_id, Grade.manual_score).where(
+                Grade.cell_id.in_(list(cell_names)), Grade.notebook_id.in_(list(by_notebook)))):
+        result, notebook = by_notebook[nb_id]
+        grades.append({"id": gid, **_grade(result, notebook, cell_names[cell_id], manual)})
+    comments = []
+    for cid, nb_id, cell_id in db.execute(
+            select(Comment.id, Comment.notebook_id, Comment.cell_id).where(
+                Comment.cell_id.in_(list(cell_names)),
+                Comment.notebook_id.in_(list(by_notebook)))):
+        result, notebook = by_notebook[nb_id]
+        comments.append({"id": cid,
+                         "auto_comment": result.comments.get((notebook, cell_names[cell_id]))})
+    for model, rows in ((Grade, grades), (Comment, comments)):
+        if rows:
+            db.execute(update(model), rows)
+
+
+def _add_submissions(db, assignment_id: str, notebooks: dict, cells: list, results: list) -> None:
+    """New submissions of ``results``, as nbgrader's ``Gradebook.add_submission`` makes them
+    (a submitted notebook per notebook; a grade per grade or task cell, a comment per
+    solution or task cell), with the results' scores and comments."""
+    rows: dict = {SubmittedAssignment: [], SubmittedNotebook: [], Grade: [], Comment: []}
+    for result in results:
+        sid = new_uuid()
+        rows[SubmittedAssignment].append({"id": sid, "assignment_id": assignment_id,
+                                          "student_id": result.student,
+                                          "timestamp": parse_utc(result.timestamp)})
+        for notebook_id, notebook in notebooks.items():
+            nb_id = new_uuid()
+            rows[SubmittedNotebook].append({"id": nb_id, "assignment_id": sid,
+                                            "notebook_id": notebook_id})
+            for cell in cells:
+                if cell.notebook_id != notebook_id:
+                    continue
+                if cell.type in ("GradeCell", "TaskCell"):
+                    rows[Grade].append({"notebook_id": nb_id, "cell_id": cell.id,
+                                        **_grade(result, notebook, cell.name, None)})
+                if cell.type in ("SolutionCell", "TaskCell"):
+                    rows[Comment].append({"notebook_id": nb_id, "cell_id": cell.id,
+                                          "auto_comment": result.comments.get((notebook,
+                                                                               cell.name))})
+    for model, values in rows.items():
+        if values:  # render_nulls: one statement for all rows, None or not
+            db.execute(insert(model).execution_options(render_nulls=True), values)
+
+
+def _grade(result, notebook: str, cell: str, manual_score) -> dict:
+    """The ``auto_score`` and ``needs_manual_grade`` of a grade: the result's score (0 for a
+    cell it does not know: the grader failed before it); a score a human set is kept, and
+    flagged for review."""
+    score, _, pending, _ = result.grades.get((notebook, cell), _UNGRADED)
+    return {"auto_score": score,
+            "needs_manual_grade": manual_score is not None or pending or score is None}
+
+
+def _write_files(result, autograded_dir: Path) -> None:
+    """The autograded notebooks of ``result``, its timestamp and :data:`GRADING_RECORD`."""
+    folder = autograded_dir / result.student / result.assignment
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

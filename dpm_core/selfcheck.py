@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import nbformat
-
 from .grading import grading_mode
 
 __all__ = ["Item", "check", "check_all", "read_items", "run_in_namespace", "run_notebook", "main"]
@@ -105,14 +103,23 @@ def _title(markdown: str) -> str:
     return title.rstrip(".:")
 
 
+def _read_notebook(path):
+    """The notebook at ``path``. nbformat is imported here, not with the module: its schema
+    validator pulls in jsonschema's format checkers, 1.4 s of imports that every kernel would
+    pay in its setup cell (and every graded notebook, for nothing)."""
+    import nbformat
+
+    return nbformat.read(str(path), as_version=4)
+
+
 def read_items(notebook) -> list[Item]:
     """The exercises' self-check cells and the written answers of a notebook, in order.
 
     Args:
         notebook: an ``nbformat`` notebook node, or the path of a ``.ipynb`` file.
     """
-    if not isinstance(notebook, nbformat.NotebookNode):
-        notebook = nbformat.read(str(notebook), as_version=4)
+    if isinstance(notebook, (str, Path)):
+        notebook = _read_notebook(notebook)
     items, solution, above = [], "", ""
     for index, cell in enumerate(notebook.cells):
         meta, grade_id = _nbgrader(cell), _nbgrader(cell).get("grade_id", "")
@@ -277,12 +284,13 @@ def run_notebook(path, names: Sequence[str] = (), timeout: int = 300) -> list[Ou
     self-check cell it needs. Errors do not stop it: each self-check cell reports its own.
     The file is not changed.
     """
+    import nbformat
     from nbclient import NotebookClient
 
     if grading_mode():
         raise RuntimeError("self-checks do not run while the notebook is graded")
     path = Path(path)
-    notebook = nbformat.read(str(path), as_version=4)
+    notebook = _read_notebook(path)
     items = select(read_items(notebook), names)
     last = max((i.cell for i in items if i.kind == "code"), default=-1)
     cells, where = [], {}

@@ -25,6 +25,7 @@ from dpm_core.data import (
     Binarizer,
     DataSplits,
     ImageData,
+    cache_resized,
     find_data_files,
     load_data,
     load_fashion_mnist,
@@ -655,6 +656,26 @@ def test_resize_keeps_constant_images_constant(tmp_path, isolated, resize, shape
     assert train.images.dtype == torch.uint8
     expected = values.view(N_TRAIN, 1, 1, 1).expand(N_TRAIN, 1, *shape)
     assert_close(train.images, expected, rtol=0, atol=0)
+
+
+def test_cached_resize_is_read_back_as_computed(tmp_path, isolated, private_cache):
+    """Does load_data read the copy cache_resized wrote, equal to the resize it computes without
+    one, and compute it again when the copy has the wrong size (a truncated file)?"""
+    root = write_dataset(tmp_path / "root")
+    computed = load_data(root=root, resize=(8, 10), dev_size=2, binarize=None, **OFFLINE)
+    written = cache_resized("fashion-mnist", (8, 10), root=root)
+    assert [p.parent for p in written] == [private_cache] * 2
+    assert written[0].stat().st_size == N_TRAIN * 8 * 10
+    read = load_data(root=root, resize=(8, 10), dev_size=2, binarize=None, **OFFLINE)
+    for split, expected in zip(read, computed):
+        assert torch.equal(split.images, expected.images)
+    # the copy is what load_data reads: blank it, and the test images are blank
+    written[1].write_bytes(bytes(N_TEST * 8 * 10))
+    blanked = load_data(root=root, resize=(8, 10), dev_size=2, binarize=None, **OFFLINE)
+    assert computed.test.images.any() and not blanked.test.images.any()
+    written[1].write_bytes(b"\0" * 7)  # the wrong size: not used
+    again = load_data(root=root, resize=(8, 10), dev_size=2, binarize=None, **OFFLINE)
+    assert torch.equal(again.test.images, computed.test.images)
 
 
 # ------------------------------------------------------------------------- Binarizer

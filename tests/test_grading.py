@@ -539,6 +539,26 @@ def test_honest_students_get_what_serial_nbgrader_gives(graded_class, tmp_path):
 
 
 @needs_sandbox
+def test_grading_skips_the_self_checks_draws_no_figure_and_times_the_judges(graded_class):
+    """In the reference's autograded notebook: do the self-check cells have no output (they are
+    not run), does no output hold a drawn figure (image/png), and does every judged test cell
+    carry when its judge started and finished?"""
+    nb = nbformat.reads(graded_class["results"]["reference-solution"].notebooks["vae_basics"]
+                        .decode(), as_version=4)
+    meta = [(c, c.metadata.get("nbgrader", {})) for c in nb.cells if c.cell_type == "code"]
+    self_checks = [c for c, m in meta if m.get("grade_id", "").endswith("-tests-self-checks")]
+    assert len(self_checks) >= 8 and all(not c.outputs for c in self_checks)
+    assert not [o for c, _ in meta for o in c.outputs if "image/png" in o.get("data", {})]
+    assert any("Figure size" in o.get("data", {}).get("text/plain", "")
+               for c, _ in meta for o in c.outputs)  # the figures were made, not drawn
+    judged = [c for c, m in meta if m.get("grade") and not m.get("solution")]
+    assert len(judged) >= 8
+    for cell in judged:
+        timing = cell.metadata["execution"]
+        assert timing["judge.started"] <= timing["judge.finished"], cell.metadata.nbgrader
+
+
+@needs_sandbox
 def test_the_vandal_changes_nothing_outside_its_scratch_folder(graded_class):
     """Do deleting and rewriting the gradebook, writing into source/, another student's
     folder and the installed package, and signalling the grader all fail, while the

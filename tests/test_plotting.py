@@ -99,6 +99,23 @@ def test_image_grid_places_grey_pixels_in_all_channels():
     assert np.all(grid[:PAD] == 1.0) and np.all(grid[:, :PAD] == 1.0)
 
 
+@pytest.mark.parametrize("n, channels, nrow, padding, pad_value", [
+    (20, 1, 8, 2, 1.0), (5, 3, 2, 0, 0.0), (7, 3, 3, 1, 0.5), (2, 1, 8, 2, 1.0),
+])
+def test_image_grid_equals_torchvisions_make_grid(n, channels, nrow, padding, pad_value):
+    """Is the grid, pixel for pixel, torchvision's make_grid of the same images (with grey
+    repeated into three channels)? image_grid tiles them itself to spare the notebooks
+    torchvision's 1.8 s import."""
+    from torchvision.utils import make_grid
+
+    torch.manual_seed(SEED)
+    images = torch.rand(n, channels, 9, 11)
+    expected = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
+    expected = expected.expand(3, -1, -1).permute(1, 2, 0)
+    assert torch.equal(torch.from_numpy(image_grid(images, nrow=nrow, padding=padding,
+                                                   pad_value=pad_value)), expected)
+
+
 def test_image_grid_uint8_matches_float():
     """Does a uint8 batch give the same grid as the same pixels as floats v / 255?"""
     torch.manual_seed(SEED)

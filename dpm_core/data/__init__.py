@@ -48,7 +48,7 @@ References:
 from .binarizer import Binarizer
 from .dataset import ImageData
 from .files import DATASET_NAMES, IDX_FILES, cache_idx, data_cache_dir, find_data_files, read_idx
-from .load import DataSplits, load_data, load_fashion_mnist, load_mnist
+from .load import DataSplits, cache_resized, load_data, load_fashion_mnist, load_mnist
 
 __all__ = [
     "read_idx",
@@ -60,6 +60,7 @@ __all__ = [
     "load_data",
     "load_fashion_mnist",
     "load_mnist",
+    "cache_resized",
     "Binarizer",
     "DATASET_NAMES",
     "IDX_FILES",

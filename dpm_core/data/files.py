@@ -20,6 +20,7 @@ __all__ = [
     "read_idx",
     "data_cache_dir",
     "cache_idx",
+    "resized_cache_path",
     "find_data_files",
     "DATASET_NAMES",
     "IDX_FILES",
@@ -135,6 +136,18 @@ def _cache_path(path: Path) -> Optional[Path]:
         return None
     where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     return data_cache_dir() / f"{path.stem}-{where}-{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def resized_cache_path(path: PathLike, size: Tuple[int, int]) -> Optional[Path]:
+    """Where the images of a gzipped IDX file, resized to ``size = (H, W)`` as ``uint8``, are
+    kept (raw bytes ``[N, 1, H, W]``; None for an uncompressed or missing file).
+
+    :func:`load_data` reads such a copy when it is there and never writes one (70 000 images
+    at 64 x 64 are 287 MB): the grader does (:func:`cache_resized`), so that every graded
+    kernel of a 64 x 64 notebook reads its images instead of resizing them for seconds.
+    """
+    cached = _cache_path(Path(path))
+    return None if cached is None else cached.with_name(f"{cached.name}-{size[0]}x{size[1]}")
 
 
 def _write_cache(cached: Optional[Path], raw: bytes) -> None:

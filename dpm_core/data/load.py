@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -10,10 +11,10 @@ from torch import Tensor
 
 from ..utils import non_negative_int
 from .dataset import ImageData, check_binarize
-from .files import PathLike, find_data_files, read_idx
+from .files import PathLike, _write_cache, find_data_files, read_idx, resized_cache_path
 from .resize import resize_shape, resize_uint8
 
-__all__ = ["DataSplits", "load_data", "load_fashion_mnist", "load_mnist"]
+__all__ = ["DataSplits", "load_data", "load_fashion_mnist", "load_mnist", "cache_resized"]
 
 
 class DataSplits(NamedTuple):
@@ -118,7 +119,8 @@ def load_data(
     test_x, test_y = test_x.to(device), test_y.to(device)
     if resize is not None:
         size = resize_shape(resize, train_x.shape[2], train_x.shape[3])
-        train_x, test_x = resize_uint8(train_x, size), resize_uint8(test_x, size)
+        train_x = _resized(files["train_images"], train_x, size)
+        test_x = _resized(files["test_images"], test_x, size)
 
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     train_idx = perm[: n - dev_size].sort().values.to(train_x.device)
@@ -132,6 +134,42 @@ def load_data(
         dev=make(train_x[dev_idx], train_y[dev_idx]),
         test=make(test_x, test_y),
     )
+
+
+def _stored(cached: Optional[Path], shape: Tuple[int, ...]) -> bool:
+    """Whether ``cached`` holds exactly the bytes of a ``uint8`` tensor of ``shape``."""
+    return cached is not None and cached.is_file() and cached.stat().st_size == math.prod(shape)
+
+
+def _resized(path: Path, images: Tensor, size: Tuple[int, int]) -> Tensor:
+    """``images`` resized to ``size``: the cached copy when one of the right size is there."""
+    cached = resized_cache_path(path, size)
+    shape = (*images.shape[:2], *size)
+    if _stored(cached, shape):
+        stored = torch.from_file(str(cached), shared=False, size=math.prod(shape), dtype=torch.uint8)
+        return stored.reshape(shape).to(images.device)
+    return resize_uint8(images, size)
+
+
+def cache_resized(name: str = "fashion-mnist", resize: Union[int, Tuple[int, int]] = 64,
+                  root: Optional[PathLike] = None) -> list:
+    """Write the resized copies of a data set's images that :func:`load_data` reads (see
+    :func:`~dpm_core.data.files.resized_cache_path`), unless they are there; their paths.
+
+    Resizing on the CPU gives the same bytes as :func:`load_data` computes without a copy.
+    """
+    files = find_data_files(name, root, download=False)
+    written = []
+    for key in ("train_images", "test_images"):
+        images = read_idx(files[key]).unsqueeze(1)  # [N, 1, H, W]
+        size = resize_shape(resize, images.shape[2], images.shape[3])
+        cached = resized_cache_path(files[key], size)
+        if cached is None:
+            continue
+        if not _stored(cached, (*images.shape[:2], *size)):
+            _write_cache(cached, resize_uint8(images, size).numpy().tobytes())
+        written.append(cached)
+    return written
 
 
 def load_fashion_mnist(root: Optional[PathLike] = None, **kwargs: Any) -> DataSplits:

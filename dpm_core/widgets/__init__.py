@@ -29,8 +29,10 @@ model's device.
 
 Displaying a view (the last expression of a cell, or ``display(view)``) shows the
 live widget in JupyterLab, together with a static PNG that viewers without the
-widget state (exported HTML) show instead. While nbgrader grades a notebook, or
-where no kernel can run widgets, only the static PNG is shown: never an exception.
+widget state (exported HTML) show instead. Where no kernel can run widgets, only the
+static PNG is shown; while nbgrader grades a notebook, only a line of text (the grader
+draws no figure: under grading budgets it would show a barely trained model). Never an
+exception.
 The pad needs ``ipympl`` to be clickable; without it the pad is a picture and the
 sliders do the work.
 
