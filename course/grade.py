@@ -235,9 +235,13 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
     db = root / "course" / "gradebook.db"
     chosen = chosen_students(root, assignments, students)
     wanted = [a for a in assignments if chosen[a["name"]]]
-    # a template is an nbgrader run of seconds in a process of its own: made side by side
+    # a template is an nbgrader run of seconds in a process of its own: made side by side, while
+    # this thread builds the student builds of dpm_core (a judged assignment's kernels import
+    # dpm_core without the references of its exercises)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        templates = list(pool.map(lambda a: template_gradebook(root, a["name"]), wanted))
+        made = pool.map(lambda a: template_gradebook(root, a["name"]), wanted)
+        packages = {a["name"]: student_package(a["name"]) for a in wanted if a["name"] in JUDGED}
+        templates = list(made)
     pending = []
     for a, template in zip(wanted, templates):
         if register(root, a["name"], template) and progress:
@@ -246,9 +250,6 @@ def grade_class(root: Path, assignments: Iterable[dict], students: Optional[list
         source = _source_files(root, a["name"])
         pending += [(a, s, template, source) for s in chosen[a["name"]]]
     workers = workers or os.cpu_count() or 1
-    # a judged assignment's kernels import dpm_core without the references of its exercises
-    packages = {a["name"]: student_package(a["name"]) for a in assignments
-                if a["name"] in JUDGED}
 
     def job(a, student, template, source) -> Job:
         files, skipped = read_submission(root / "course" / "submitted" / student / a["name"])
