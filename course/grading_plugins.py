@@ -267,8 +267,10 @@ class BoundedExecute(Execute):
         """Grade a test cell by its judge, outside the kernel: the cell's code is not run; its
         outputs are the judge's verdict (a line when it passes, an error naming the mistake)."""
         probe = _KernelProbe(self, index)
-        # when the judge ran, as nbclient records it for the cells it sends to the kernel
-        timing = cell.metadata.setdefault("execution", {})
+        # when the judge ran, as nbclient records it for the cells it sends to the kernel (a new
+        # record: what the submission's metadata held there is not kept)
+        cell.metadata["execution"] = {}
+        timing = cell.metadata["execution"]  # the node stored, not the dict (a NotebookNode copies)
         timing["judge.started"] = timestamp()
         try:
             message = run_judge(judge, probe, secrets.randbits(62))

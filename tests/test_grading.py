@@ -369,12 +369,21 @@ for _pid in _children:
 """
 
 
+#: a judge timing that a submission claims in its metadata: the grader writes its own
+FORGED_TIMING = "1999-01-01T00:00:00.000000Z"
+
+
 def _edited_metadata():
     """The reference solution with its grading metadata edited: a test cell worth 20 points,
-    another no longer graded, a solution cell unlocked into a test cell."""
+    another no longer graded, a solution cell unlocked into a test cell, and judge timings
+    forged on the test cells."""
     nb = _source_nb()
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution"):
+            cell.metadata["execution"] = {"judge.started": FORGED_TIMING,
+                                          "judge.finished": FORGED_TIMING,
+                                          "iopub.status.busy": FORGED_TIMING}
         if meta.get("grade_id") == "kl-formula-tests":
             meta["points"] = 20
         elif meta.get("grade_id") == "loss-batch-tests":
@@ -542,7 +551,8 @@ def test_honest_students_get_what_serial_nbgrader_gives(graded_class, tmp_path):
 def test_grading_skips_the_self_checks_draws_no_figure_and_times_the_judges(graded_class):
     """In the reference's autograded notebook: do the self-check cells have no output (they are
     not run), does no output hold a drawn figure (image/png), and does every judged test cell
-    carry when its judge started and finished?"""
+    carry when its judge started and finished (the grader's times, not ones a submission
+    forged)?"""
     nb = nbformat.reads(graded_class["results"]["reference-solution"].notebooks["vae_basics"]
                         .decode(), as_version=4)
     meta = [(c, c.metadata.get("nbgrader", {})) for c in nb.cells if c.cell_type == "code"]
@@ -556,6 +566,15 @@ def test_grading_skips_the_self_checks_draws_no_figure_and_times_the_judges(grad
     for cell in judged:
         timing = cell.metadata["execution"]
         assert timing["judge.started"] <= timing["judge.finished"], cell.metadata.nbgrader
+    # timings that a submission forged are replaced by the grader's
+    forged = nbformat.reads(graded_class["results"]["edited-metadata"].notebooks["vae_basics"]
+                            .decode(), as_version=4)
+    timings = [c.metadata["execution"] for c in forged.cells
+               if c.metadata.get("nbgrader", {}).get("grade")
+               and not c.metadata["nbgrader"].get("solution")]
+    assert len(timings) >= 7
+    assert all(set(t) == {"judge.started", "judge.finished"} and FORGED_TIMING not in t.values()
+               for t in timings), timings
 
 
 @needs_sandbox
