@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -31,7 +32,8 @@ from typing import Iterator, Optional
 import pytest
 
 __all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "needs_chromium", "in_chromium", "free_port",
-           "jupyter_server", "chromium_page", "offline_page"]
+           "jupyter_server", "chromium_page", "offline_page", "write_notebook", "run_notebook",
+           "wait_for_change"]
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("DPM_CHROMIUM", "/usr/bin/chromium"))
@@ -183,3 +185,35 @@ def offline_page(width: int = 1500, height: int = 1000, timeout: float = 90):
         page.context.set_offline(True)
         page.route("**/*", offline)
         yield page, network
+
+
+def write_notebook(path: Path, cells: list[str]) -> Path:
+    """Write a Python 3 notebook whose code cells are ``cells``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def run_notebook(page, url: str, num_cells: int, timeout: float = 90) -> None:
+    """Open the notebook at ``url`` and run its cells one by one with Shift+Enter."""
+    page.goto(url, timeout=timeout * 1000)
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    # keys pressed before the kernel is connected run nothing: wait for its status
+    page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for()
+    page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click()
+    for _ in range(num_cells):
+        page.keyboard.press("Shift+Enter")
+
+
+def wait_for_change(locator, before: bytes, timeout: float = 30) -> bytes:
+    """Screenshots of ``locator`` until one differs from ``before``; the last one either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = locator.screenshot()
+        if after != before or time.monotonic() > deadline:
+            return after
+        time.sleep(0.25)

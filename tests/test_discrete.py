@@ -45,11 +45,13 @@ from dpm_core.discrete import (
     LeaveOneOut,
     OneHotCPDNet,
     OneHotPriorNet,
+    code_parts,
     draw_data,
     enumerate_codes,
     exact_elbo,
     exact_multisample_bound,
     make_testbed,
+    rebuild_code,
     relaxed,
     relaxed_surrogate_loss,
     straight_through,
@@ -221,6 +223,22 @@ def test_closed_form_kl_equals_the_enumerated_sum(code):
     x = draw_data(nvil, BATCH)
     q, p = nvil.inf_model(x), nvil.gen_model.prior((BATCH,))
     assert_close(td.kl_divergence(q, p), _enumerated_kl(q, p))
+
+
+@pytest.mark.parametrize("name", list(PRIORS))
+def test_code_parts_and_rebuild_code_take_a_code_apart_and_back(name):
+    """Does rebuild_code(*code_parts(q)) give q back (shapes, log_prob of every code), with the
+    inner distribution over the code's units after q's batch shape?"""
+    torch.manual_seed(SEED)
+    q = PRIORS[name]()((2, 3))
+    inner, ndims, transforms = code_parts(q)
+    units = (3,) if name.startswith("one-hot") else (12,)
+    assert tuple(inner.batch_shape) == (2, 3) + units and ndims == 1
+    assert len(transforms) == (1 if name.startswith("one-hot") else 0)
+    again = rebuild_code(inner, ndims, transforms)
+    assert (again.batch_shape, again.event_shape) == (q.batch_shape, q.event_shape)
+    z = enumerate_codes(q)
+    assert_close(again.log_prob(z), q.log_prob(z))
 
 
 def test_a_gaussian_is_no_code():

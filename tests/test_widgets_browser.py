@@ -13,19 +13,15 @@ Debian's Chromium or the ``playwright`` package.
 
 from __future__ import annotations
 
-import re
-import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from browser import chromium_page, jupyter_server, needs_chromium
+from browser import chromium_page, jupyter_server, needs_chromium, run_notebook, wait_for_change, write_notebook
 
 #: time limits (seconds) of the steps; together they bound the test at about two minutes
 LAB_START_TIMEOUT = 90
 NOTEBOOK_TIMEOUT = 90
-UPDATE_TIMEOUT = 30
 
 pytestmark = needs_chromium
 
@@ -41,38 +37,6 @@ NOTEBOOK_CELLS = [
     "explorer = LatentExplorer(model, x, labels)\n"
     "explorer",
 ]
-
-
-def write_notebook(path: Path, cells: list[str]) -> Path:
-    """Write a Python 3 notebook whose code cells are ``cells``."""
-    import nbformat
-
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
-def run_notebook(page, url: str, num_cells: int) -> None:
-    """Open the notebook at ``url`` and run its cells one by one with Shift+Enter."""
-    page.goto(url, timeout=LAB_START_TIMEOUT * 1000)
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-    # keys pressed before the kernel is connected run nothing: wait for its status
-    page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for()
-    page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click()
-    for _ in range(num_cells):
-        page.keyboard.press("Shift+Enter")
-
-
-def wait_for_change(locator, before: bytes, timeout: float = UPDATE_TIMEOUT) -> bytes:
-    """Screenshots of ``locator`` until one differs from ``before``; the last one either way."""
-    deadline = time.monotonic() + timeout
-    while True:
-        after = locator.screenshot()
-        if after != before or time.monotonic() > deadline:
-            return after
-        time.sleep(0.25)
 
 
 @pytest.fixture

@@ -48,6 +48,10 @@ from __future__ import annotations
 
 from .codes import (
     FlattenCode,
+    code_parts,
+    rebuild_code,
+    code_kind,
+    code_mode,
     BernoulliStraightThrough,
     relaxed,
     straight_through,
@@ -72,6 +76,10 @@ from .testbed import (
 
 __all__ = [
     "FlattenCode",
+    "code_parts",
+    "rebuild_code",
+    "code_kind",
+    "code_mode",
     "BernoulliStraightThrough",
     "relaxed",
     "straight_through",

@@ -13,9 +13,10 @@ from torch import Tensor, nn
 from ..conditionals import CPDNet, _hidden_encoder
 from ..networks import ReshapeLast
 from ..priors import PriorNet
-from ..utils import ShapeLike, as_shape, positive_int, positive_number, positive_shape, probability
+from ..utils import ShapeLike, as_shape, one_of, positive_int, positive_number, positive_shape, probability
 
-__all__ = ["FlattenCode", "BernoulliStraightThrough", "relaxed", "straight_through",
+__all__ = ["FlattenCode", "code_parts", "rebuild_code", "code_kind", "code_mode",
+           "BernoulliStraightThrough", "relaxed", "straight_through",
            "BernoulliPriorNet", "OneHotPriorNet", "BernoulliCPDNet", "OneHotCPDNet"]
 
 
@@ -50,6 +51,68 @@ class FlattenCode(td.ReshapeTransform):
         return hash((td.ReshapeTransform, self.in_shape, self.out_shape))
 
 
+#: the kinds of code that :func:`code_kind` tells apart
+KINDS = ("binary", "categorical")
+
+
+def code_kind(dist: td.Distribution) -> tuple[str, int, int]:
+    """Which discrete code a distribution over ``[K]`` is, read from its structure.
+
+    Args:
+        dist: ``Independent(Bernoulli)`` (:class:`~dpm_core.discrete.BernoulliPriorNet`,
+            :class:`~dpm_core.discrete.BernoulliCPDNet`) or ``Independent(OneHotCategorical)``
+            reshaped from ``[L, C]`` to ``[L * C]`` (:class:`~dpm_core.discrete.OneHotPriorNet`,
+            :class:`~dpm_core.discrete.OneHotCPDNet`).
+
+    Returns:
+        ``(kind, L, C)``: ``("binary", K, 2)`` (K variables of two values, one number each)
+        or ``("categorical", L, C)``.
+
+    Raises:
+        ValueError: for any other distribution, e.g. a Gaussian.
+    """
+    inner, transforms = dist, []
+    if isinstance(inner, td.TransformedDistribution):
+        inner, transforms = inner.base_dist, list(inner.transforms)
+    if isinstance(inner, td.Independent):
+        inner = inner.base_dist
+    K = dist.event_shape[-1] if len(dist.event_shape) == 1 else None
+    if isinstance(inner, td.Bernoulli) and not transforms and K is not None:
+        return "binary", K, 2
+    if isinstance(inner, td.OneHotCategorical) and len(transforms) == 1 \
+            and isinstance(transforms[0], td.ReshapeTransform) \
+            and len(transforms[0].in_shape) == 2 and K is not None:
+        L, C = transforms[0].in_shape
+        return "categorical", L, C
+    base = type(inner).__name__
+    raise ValueError(
+        f"the code explorer needs a discrete code: a prior p(z) that is Independent(Bernoulli) "
+        f"(BernoulliPriorNet) or a flattened Independent(OneHotCategorical) (OneHotPriorNet), "
+        f"got {type(dist).__name__} of {base} with event_shape {tuple(dist.event_shape)}; "
+        f"for a continuous code (Gaussian, mixture, flow) use LatentExplorer")
+
+
+def code_mode(probs: Tensor, kind: str, num_classes: int) -> Tensor:
+    """The most probable code of a factorised q(z|x), factor by factor: its mode.
+
+    Args:
+        probs: the probabilities of q, ``[..., K]`` (q's mean, for both kinds).
+        kind: ``"binary"``: z_k = 1 where q(z_k = 1) > 1/2 (a tie gives 0);
+            ``"categorical"``: in each block of C, a one at the most probable class
+            (a tie gives the first).
+        num_classes: C (ignored for a binary code).
+
+    Returns:
+        The code ``[..., K]``, of probs' dtype.
+    """
+    one_of("kind", kind, KINDS)
+    if kind == "binary":
+        return (probs > 0.5).to(probs.dtype)
+    blocks = probs.reshape(probs.shape[:-1] + (-1, num_classes))  # [..., L, C]
+    one_hot = nn.functional.one_hot(blocks.argmax(-1), num_classes)
+    return one_hot.reshape(probs.shape).to(probs.dtype)
+
+
 class BernoulliStraightThrough(td.Bernoulli):
     """A Bernoulli whose ``rsample`` is a hard draw with the straight-through gradient [4].
 
@@ -74,9 +137,22 @@ def _flat_one_hot(dist: td.Distribution, num_variables: int, num_classes: int) -
                                       [FlattenCode(num_variables, num_classes)])
 
 
-def _code_parts(q: td.Distribution) -> tuple[td.Distribution, int, list]:
+def code_parts(q: td.Distribution) -> tuple[td.Distribution, int, list]:
     """Split a factorised code into its Bernoulli or OneHotCategorical, the number of
-    reinterpreted dimensions, and its transforms."""
+    reinterpreted dimensions, and its transforms.
+
+    Args:
+        q: ``Independent(Bernoulli)``, a flattened ``Independent(OneHotCategorical)``, or a
+            plain ``td.Bernoulli`` / ``td.OneHotCategorical``.
+
+    Returns:
+        ``(inner, ndims, transforms)``: q is ``rebuild_code(inner, ndims, transforms)``.
+        ``inner.batch_shape`` is q's batch_shape followed by the code's units (``[K]`` bits or
+        ``[L]`` variables), the last ``ndims`` of them reinterpreted as the event.
+
+    Raises:
+        NotImplementedError: for any other distribution.
+    """
     transforms, inner, ndims = [], q, 0
     if isinstance(inner, td.TransformedDistribution):
         transforms, inner = list(inner.transforms), inner.base_dist
@@ -89,7 +165,9 @@ def _code_parts(q: td.Distribution) -> tuple[td.Distribution, int, list]:
     return inner, ndims, transforms
 
 
-def _rebuild(inner: td.Distribution, ndims: int, transforms: list) -> td.Distribution:
+def rebuild_code(inner: td.Distribution, ndims: int, transforms: list) -> td.Distribution:
+    """The inverse of :func:`code_parts`: ``Independent`` over ``ndims`` dimensions of ``inner``
+    (when ``ndims > 0``), then the transforms (when there are any)."""
     dist = td.Independent(inner, ndims) if ndims else inner
     return td.TransformedDistribution(dist, transforms) if transforms else dist
 
@@ -112,13 +190,13 @@ def relaxed(q: td.Distribution, temperature: float) -> td.Distribution:
         NotImplementedError: if q is not a factorised Bernoulli or one-hot code.
     """
     tau = positive_number("temperature", temperature)
-    inner, ndims, transforms = _code_parts(q)
+    inner, ndims, transforms = code_parts(q)
     t = torch.tensor(tau, dtype=inner.logits.dtype, device=inner.logits.device)
     if isinstance(inner, td.Bernoulli):
         inner = td.RelaxedBernoulli(t, logits=inner.logits)
     else:
         inner = td.RelaxedOneHotCategorical(t, logits=inner.logits)
-    return _rebuild(inner, ndims, transforms)
+    return rebuild_code(inner, ndims, transforms)
 
 
 def straight_through(q: td.Distribution) -> td.Distribution:
@@ -128,12 +206,12 @@ def straight_through(q: td.Distribution) -> td.Distribution:
         The same distribution (batch_shape, event_shape, log_prob and KL unchanged) built
         on :class:`BernoulliStraightThrough` or ``td.OneHotCategoricalStraightThrough``.
     """
-    inner, ndims, transforms = _code_parts(q)
+    inner, ndims, transforms = code_parts(q)
     if isinstance(inner, td.Bernoulli):
         inner = BernoulliStraightThrough(logits=inner.logits)
     else:
         inner = td.OneHotCategoricalStraightThrough(logits=inner.logits)
-    return _rebuild(inner, ndims, transforms)
+    return rebuild_code(inner, ndims, transforms)
 
 
 class BernoulliPriorNet(PriorNet):

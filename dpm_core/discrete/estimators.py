@@ -106,7 +106,7 @@ def vimco_surrogate_loss(nvil: NVIL, x: Tensor, sample_size: int,
     signal = bound.detach().expand_as(log_w)
     if baseline:
         lw = log_w.detach()
-        others_mean = (lw.sum(0, keepdim=True) - lw) / (S - 1)  # [S, B]
+        others_mean = lw - LeaveOneOut()(lw)[0]  # [S, B], the mean of the other S - 1
         # log w_s replaced by the mean of the others, in turn for each s
         eye = torch.eye(S, dtype=torch.bool, device=lw.device)
         eye = eye.reshape((S, S) + (1,) * (lw.dim() - 1))

@@ -10,7 +10,7 @@ import torch
 import torch.distributions as td
 from torch import Tensor, nn
 
-from .codes import BernoulliCPDNet, BernoulliPriorNet, OneHotCPDNet, OneHotPriorNet, _code_parts
+from .codes import BernoulliCPDNet, BernoulliPriorNet, OneHotCPDNet, OneHotPriorNet, code_parts
 from ..joint import JointDistribution
 from ..nvil import NVIL
 from ..utils import one_of, positive_int, positive_number
@@ -39,7 +39,7 @@ def enumerate_codes(p: td.Distribution) -> Tensor:
         ValueError: if there are more than ``MAX_CODES`` codes.
         NotImplementedError: for another distribution.
     """
-    inner, ndims, transforms = _code_parts(p)
+    inner, ndims, transforms = code_parts(p)
     logits = inner.logits
     batch_dims = len(inner.batch_shape) - ndims
     units = tuple(inner.batch_shape[batch_dims:])  # the reinterpreted dims, e.g. [K] or [L]
@@ -100,13 +100,15 @@ def exact_multisample_bound(joint: JointDistribution, qz: td.Distribution, x: Te
         ValueError: if N^S exceeds ``MAX_CODES * 16``.
     """
     S = positive_int("sample_size", sample_size)
-    z = enumerate_codes(qz)  # [N, B, K]
-    N = z.shape[0]
+    if S == 1:
+        return exact_elbo(joint, qz, x)
+    codes = enumerate_codes(qz)  # [N] + batch_shape + [K]
+    N = codes.shape[0]
     if N ** S > MAX_CODES * 16:
         raise ValueError(f"sample_size={S} makes {N}^{S} tuples of codes, more than "
                          f"{MAX_CODES * 16}")
-    log_q = qz.log_prob(z)  # [N, B]
-    log_w = joint.log_prob(z, x) - log_q  # [N, B]
+    log_q = qz.log_prob(codes)  # [N] + batch_shape
+    log_w = joint.log_prob(codes, x) - log_q
     batch_dims = log_q.dim() - 1
     # tuples along S leading dims: log q(z_1..S) and log sum_s w_s, each [N, ..., N, B]
     log_q_tuple, log_sum_w = log_q, log_w

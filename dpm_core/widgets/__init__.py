@@ -1,6 +1,6 @@
 r"""Interactive views of a latent space: move a code z and watch the decoder answer.
 
-Three views of a trained :class:`~dpm_core.nvil.NVIL` (or any model with the same
+Four views of a trained :class:`~dpm_core.nvil.NVIL` (or any model with the same
 ``gen_model`` / ``inf_model`` parts) for JupyterLab:
 
 * :class:`LatentExplorer`: a slider per latent coordinate and, beside the decoded
@@ -13,6 +13,10 @@ Three views of a trained :class:`~dpm_core.nvil.NVIL` (or any model with the sam
   spherical path (slerp [1]) between them, with the path drawn in the pad.
 * :class:`PosteriorView`: one test image, draws z_s ~ q(z|x), their reconstructions,
   and where they sit against the prior p(z).
+* :class:`CodeExplorer`: for a discrete code (K bits, or L categorical variables of C
+  classes, :mod:`dpm_core.discrete`), a toggle per bit or a class selector per variable;
+  the decoded image, and a strip of what every single change would decode to (every
+  one-bit flip of a page of bits, or every class of one variable), from one batched pass.
 
 The pad is a 2-D plot of the latent plane: for K = 2 the latent itself; for K > 2
 the plane of the first two principal components of the encoded test set (or of
@@ -47,9 +51,10 @@ References:
     [1] White (2016). Sampling Generative Networks. arXiv:1609.04468.
 """
 
+from .codes import CodeExplorer
 from .explorer import LatentExplorer
 from .geometry import lerp, slerp
 from .interpolator import Interpolator
 from .posterior import PosteriorView
 
-__all__ = ["LatentExplorer", "Interpolator", "PosteriorView", "lerp", "slerp"]
+__all__ = ["LatentExplorer", "Interpolator", "PosteriorView", "CodeExplorer", "lerp", "slerp"]

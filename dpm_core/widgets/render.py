@@ -5,14 +5,16 @@ No ipywidgets here: the static fallback (a PNG of a matplotlib figure) needs non
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 
 import numpy as np
 import torch
+from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
-from PIL import Image as PILImage
+from PIL import Image as PILImage, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..plotting import image_grid
@@ -20,7 +22,7 @@ from .geometry import ELLIPSE_SD
 
 __all__ = ["MARKER_COLOUR", "PATH_COLOUR", "SAMPLE_COLOUR", "STATIC_DPI", "to_uint8", "png_bytes",
            "grid_png", "ends_and_paths_grid", "figure_png", "vector_text", "ellipse",
-           "move_ellipse"]
+           "move_ellipse", "labelled_strip"]
 
 MARKER_COLOUR = "#d62728"
 PATH_COLOUR = "#111111"
@@ -114,3 +116,48 @@ def ellipse(centre_uv: Tensor, cov: Tensor, **kwargs) -> Ellipse:
     return Ellipse(tuple(centre_uv.tolist()), width, height, angle=angle, **kwargs)
 
 
+@functools.lru_cache(maxsize=None)
+def _label_font(size: int = 11):
+    """DejaVu Sans (matplotlib's own font, so always there) at ``size`` pixels."""
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), size)
+
+
+def labelled_strip(images: Tensor, labels: list, highlighted: set, framed: list,
+                   columns: int = 10, tile: int = 56) -> np.ndarray:
+    """Images in rows of ``columns``, each upscaled to about ``tile`` pixels wide, with two lines
+    of text under it, as one RGB picture.
+
+    Args:
+        images: ``[P, C, H, W]`` in [0, 1].
+        labels: P pairs of strings: the first line (dark) and the second (grey, or red for the
+            images in ``highlighted``).
+        highlighted: indices whose second line is red.
+        framed: P booleans: a red frame around the image.
+        columns: images per row (fewer when there are fewer images).
+        tile: the width an image is upscaled to, about (a whole factor of its own).
+
+    Returns:
+        ``[h, w, 3]`` uint8 pixels.
+    """
+    H, W = images.shape[-2:]
+    scale = max(1, tile // W)
+    columns = min(columns, len(images))
+    rows = math.ceil(len(images) / columns)
+    gap, text_height = 4, 28
+    tile_w, tile_h = W * scale + gap, H * scale + text_height
+    canvas = PILImage.new("RGB", (columns * tile_w + gap, rows * tile_h + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _label_font()
+    for j, (image, (first, second)) in enumerate(zip(images, labels)):
+        x0 = gap + (j % columns) * tile_w
+        y0 = gap + (j // columns) * tile_h
+        pixels = to_uint8(image).repeat(scale, axis=0).repeat(scale, axis=1)
+        canvas.paste(PILImage.fromarray(pixels).convert("RGB"), (x0, y0))
+        if framed[j]:
+            draw.rectangle([x0 - 2, y0 - 2, x0 + W * scale + 1, y0 + H * scale + 1],
+                           outline=MARKER_COLOUR, width=2)
+        centre = x0 + W * scale // 2
+        draw.text((centre, y0 + H * scale + 2), first, fill="#222222", font=font, anchor="mt")
+        draw.text((centre, y0 + H * scale + 14), second,
+                  fill=MARKER_COLOUR if j in highlighted else "#777777", font=font, anchor="mt")
+    return np.asarray(canvas)
