@@ -68,6 +68,17 @@ EXERCISES = {
         "mixture-surrogate-solution": {"mixture_surrogate": None},
         "coupling-solution": {"AffineCoupling": "dpm_core.flows.AffineCoupling"},
     },
+    "dpm3_discrete": {
+        "enumerate-solution": {"enumerate_codes": "dpm_core.discrete.testbed.enumerate_codes"},
+        "exact-elbo-solution": {"exact_elbo": "dpm_core.discrete.testbed.exact_elbo"},
+        "leave-one-out-solution": {"LeaveOneOut": "dpm_core.discrete.estimators.LeaveOneOut"},
+        "concrete-solution": {"relaxed": "dpm_core.discrete.codes.relaxed"},
+        "straight-through-solution": {
+            "BernoulliStraightThrough": "dpm_core.discrete.codes.BernoulliStraightThrough",
+            "straight_through": "dpm_core.discrete.codes.straight_through"},
+        "relaxed-loss-solution": {
+            "relaxed_surrogate_loss": "dpm_core.discrete.estimators.relaxed_surrogate_loss"},
+    },
 }
 
 

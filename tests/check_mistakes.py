@@ -115,6 +115,32 @@ _COUPLE_DET = "return ((1 - self.mask) * log_scale).sum(-1)"
 _COUPLE_DET_G = "_, log_scale = self.shift_log_scale(self.mask * z)"
 
 
+def _disc(cell, old, new, check, *words, accepted="", also=(), why_also=""):
+    return Mistake("dpm3_discrete", cell, old, new, check, words, accepted, also, why_also)
+
+
+_EN_BITS = "codes = index.to(inner.logits.dtype).reshape((-1,) + tuple(units))  # [N, K]"
+_EN_HOT = "codes = F.one_hot(index, classes).to(inner.logits.dtype)  # [N, L, C]"
+_EN_EXPAND = "codes = codes.expand((N,) + tuple(batch_shape) + event)  # [N, B, ...]"
+_EN_RESHAPE = "codes = codes.reshape((N,) + (1,) * len(batch_shape) + event)"
+_EN_CLASSES = "classes = 2 if isinstance(inner, td.Bernoulli) else inner.event_shape[0]"
+_EN_TRANSFORMS = "for t in transforms:\n        codes = t(codes)"
+_ELBO_Z = "z = enumerate_codes(qz)  # [N, B, K]"
+_ELBO_LOG_Q = "log_q = qz.log_prob(z)  # [N, B]"
+_ELBO_RETURN = "return (log_q.exp() * (joint.log_prob(z, x) - log_q)).sum(0)"
+_LOO_BASELINE = "baseline = (r.sum(0, keepdim=True) - r) / (S - 1)  # [S, B]"
+_LOO_RETURN = "return r - baseline, torch.zeros_like(r)"
+_RELAX_BITS = "inner = td.RelaxedBernoulli(tau, logits=inner.logits)"
+_RELAX_HOT = "inner = td.RelaxedOneHotCategorical(tau, logits=inner.logits)"
+_RELAX_TAU = "tau = torch.tensor(temperature, dtype=inner.logits.dtype, device=inner.logits.device)"
+_REBUILD = "return rebuild_code(inner, ndims, transforms)"
+_ST_RETURN = "return hard + (probs - probs.detach())"
+_ST_BITS = "inner = BernoulliStraightThrough(logits=inner.logits)"
+_RL_DRAWS = "z = stand_in.rsample((S,))  # [S, B, K]"
+_RL_RETURN = "return -(log_px_z.mean(0) - td.kl_divergence(qz, pz)).mean()"
+_RL_STAND_IN = 'stand_in = relaxed(qz, temperature) if relaxation == "concrete" else straight_through(qz)'
+
+
 MISTAKES = [
     # vae_basics: the KL formula (the hidden test's list of known mistakes, and more)
     _vae("kl-solution", _KL, "-" + _KL, "kl-formula-tests", "sign is flipped"),
@@ -693,4 +719,130 @@ MISTAKES = [
          "coupling-log-det-tests", "sum_k s_k"),
     _bey("coupling-solution", _COUPLE_DET_G, "_, log_scale = self.shift_log_scale(z)",
          "coupling-log-det-tests", "g(m * z)"),
+    # dpm3_discrete: enumerating bits
+    _disc("enumerate-solution", _EN_EXPAND, "pass  # forgot to repeat the codes over the batch",
+          "enumerate-binary-tests", "batch_shape"),
+    _disc("enumerate-solution", _EN_RESHAPE + "\n    " + _EN_EXPAND,
+          "codes = codes.reshape((1,) * len(batch_shape) + (N,) + event)\n"
+          "    codes = codes.expand(tuple(batch_shape) + (N,) + event)",
+          "enumerate-binary-tests", "in front"),
+    _disc("enumerate-solution", _EN_BITS,
+          "codes = index.reshape((-1,) + tuple(units))  # [N, K]",
+          "enumerate-binary-tests", "dtype"),
+    _disc("enumerate-solution", _EN_BITS,
+          "codes = ((torch.arange(2 ** n, device=values.device)[:, None] >> torch.arange(1, n + 1, "
+          "device=values.device)) & 1).to(inner.logits.dtype).reshape((-1,) + tuple(units))",
+          "enumerate-binary-tests", "twice"),
+    _disc("enumerate-solution", _EN_BITS,
+          "codes = (2 * index - 1).to(inner.logits.dtype).reshape((-1,) + tuple(units))  # [N, K]",
+          "enumerate-binary-tests", "other than 0 and 1"),
+    # dpm3_discrete: enumerating one-hot codes
+    _disc("enumerate-solution", _EN_TRANSFORMS, "pass  # the transforms are for distributions",
+          "enumerate-one-hot-tests", "FlattenCode"),
+    _disc("enumerate-solution", _EN_CLASSES, "classes = 2", "enumerate-one-hot-tests",
+          "not 2"),
+    _disc("enumerate-solution", _EN_HOT, "codes = F.one_hot(index, classes)  # [N, L, C]",
+          "enumerate-one-hot-tests", "dtype"),
+    _disc("enumerate-solution", _EN_HOT,
+          "codes = F.one_hot(index, classes).cumsum(-1).to(inner.logits.dtype)  # [N, L, C]",
+          "enumerate-one-hot-tests", "one-hot"),
+    # dpm3_discrete: the exact ELBO's values
+    _disc("exact-elbo-solution", _ELBO_RETURN, "return (log_q.exp() * joint.log_prob(z, x)).sum(0)",
+          "exact-elbo-values-tests", "entropy"),
+    _disc("exact-elbo-solution", _ELBO_RETURN, "return (joint.log_prob(z, x) - log_q).sum(0)",
+          "exact-elbo-values-tests", "not weighted by q"),
+    _disc("exact-elbo-solution", _ELBO_RETURN, "return (joint.log_prob(z, x) - log_q).mean(0)",
+          "exact-elbo-values-tests", "mean over the codes"),
+    _disc("exact-elbo-solution", _ELBO_RETURN,
+          "return (log_q * (joint.log_prob(z, x) - log_q)).sum(0)",
+          "exact-elbo-values-tests", "weights are log q"),
+    _disc("exact-elbo-solution", _ELBO_RETURN, "return torch.logsumexp(joint.log_prob(z, x), 0)",
+          "exact-elbo-values-tests", "log p(x) itself"),
+    _disc("exact-elbo-solution", _ELBO_RETURN,
+          "return (log_q.exp() * (joint.log_prob(z, x) - log_q)).sum(-1)",
+          "exact-elbo-values-tests", "dimension 0"),
+    _disc("exact-elbo-solution", _ELBO_Z + "\n    " + _ELBO_LOG_Q + "\n    " + _ELBO_RETURN,
+          "z = qz.sample((1000,))  # [S, B, K]\n    log_q = qz.log_prob(z)  # [S, B]\n"
+          "    return (joint.log_prob(z, x) - log_q).mean(0)",
+          "exact-elbo-values-tests", "do not sample"),
+    # dpm3_discrete: the exact ELBO's gradient
+    _disc("exact-elbo-solution", _ELBO_RETURN,
+          "return (log_q.exp().detach() * (joint.log_prob(z, x) - log_q)).sum(0)",
+          "exact-elbo-gradient-tests", "q(z|x).detach()"),
+    _disc("exact-elbo-solution", _ELBO_LOG_Q, "log_q = qz.log_prob(z).detach()  # [N, B]",
+          "exact-elbo-gradient-tests", "does not reach the parameters of q(z|x)"),
+    _disc("exact-elbo-solution", _ELBO_RETURN,
+          "return (log_q.exp() * (joint.log_prob(z, x).detach() - log_q)).sum(0)",
+          "exact-elbo-gradient-tests", "p(z) p(x|z)"),
+    # dpm3_discrete: the leave-one-out baseline
+    _disc("leave-one-out-solution", _LOO_BASELINE, "baseline = r.mean(0, keepdim=True)  # [S, B]",
+          "leave-one-out-tests", "own one included"),
+    _disc("leave-one-out-solution", _LOO_BASELINE,
+          "baseline = (r.sum(0, keepdim=True) - r) / S  # [S, B]",
+          "leave-one-out-tests", "divides by S"),
+    _disc("leave-one-out-solution", _LOO_BASELINE,
+          "baseline = (r.sum(1, keepdim=True) - r) / (r.shape[1] - 1)  # [S, B]",
+          "leave-one-out-tests", "batch dimension"),
+    _disc("leave-one-out-solution", _LOO_RETURN, "return baseline - r, torch.zeros_like(r)",
+          "leave-one-out-tests", "sign"),
+    _disc("leave-one-out-solution", _LOO_RETURN, "return baseline, torch.zeros_like(r)",
+          "leave-one-out-tests", "baseline b itself"),
+    _disc("leave-one-out-solution", _LOO_RETURN, "return r - baseline, torch.zeros(())",
+          "leave-one-out-tests", "zeros of the shape of r"),
+    _disc("leave-one-out-solution", "if r.dim() < 1 or r.shape[0] < 2:", "if r.dim() < 1:",
+          "leave-one-out-tests", "ValueError"),
+    _disc("leave-one-out-solution", "raise ValueError(", "raise RuntimeError(",
+          "leave-one-out-tests", "ValueError"),
+    # dpm3_discrete: the Concrete relaxation
+    _disc("concrete-solution", _RELAX_BITS, "inner = td.RelaxedBernoulli(tau, logits=inner.probs)",
+          "concrete-tests", "probabilities are passed as logits"),
+    _disc("concrete-solution", _RELAX_TAU,
+          "tau = torch.tensor(1 / temperature, dtype=inner.logits.dtype, device=inner.logits.device)",
+          "concrete-tests", "inverted"),
+    _disc("concrete-solution", _RELAX_HOT, "inner = td.RelaxedBernoulli(tau, logits=inner.logits)",
+          "concrete-tests", "RelaxedOneHotCategorical"),
+    _disc("concrete-solution", _REBUILD, "return rebuild_code(inner, ndims, [])",
+          "concrete-tests", "event_shape", "transforms"),
+    _disc("concrete-solution", _REBUILD, "return rebuild_code(inner, 0, transforms)",
+          "concrete-tests", "td.Independent"),
+    _disc("concrete-solution", _RELAX_BITS, "inner = inner  # a Bernoulli is already in [0, 1]",
+          "concrete-tests", "no rsample"),
+    # dpm3_discrete: straight-through, its values
+    _disc("straight-through-solution", _ST_RETURN, "return probs.expand(hard.shape) + 0 * hard",
+          "straight-through-values-tests", "not hard codes"),
+    _disc("straight-through-solution", _ST_BITS,
+          "inner = BernoulliStraightThrough(logits=inner.probs)",
+          "straight-through-values-tests", "probabilities are passed as logits"),
+    _disc("straight-through-solution", _REBUILD, "return rebuild_code(inner, ndims, [])",
+          "straight-through-values-tests", "rebuild_code"),
+    # dpm3_discrete: straight-through, its gradient
+    _disc("straight-through-solution", _ST_RETURN, "return hard",
+          "straight-through-gradient-tests", "no gradient"),
+    _disc("straight-through-solution", _ST_RETURN, "return hard - (probs - probs.detach())",
+          "straight-through-gradient-tests", "sign is flipped"),
+    _disc("straight-through-solution", "probs = self.probs", "probs = self.logits",
+          "straight-through-gradient-tests", "logits themselves"),
+    # dpm3_discrete: the relaxed surrogate loss
+    _disc("relaxed-loss-solution", _RL_RETURN, "return -log_px_z.mean(0).mean()",
+          "relaxed-loss-tests", "KL term is missing"),
+    _disc("relaxed-loss-solution", _RL_RETURN,
+          "return -(log_px_z.mean(0) + td.kl_divergence(qz, pz)).mean()",
+          "relaxed-loss-tests", "wrong sign"),
+    _disc("relaxed-loss-solution", _RL_RETURN,
+          "return -(log_px_z.sum(0) - td.kl_divergence(qz, pz)).mean()",
+          "relaxed-loss-tests", "summed over the S draws"),
+    _disc("relaxed-loss-solution", _RL_RETURN,
+          "return -(log_px_z.mean(0) - td.kl_divergence(qz, pz)).sum()",
+          "relaxed-loss-tests", "summed over the batch"),
+    _disc("relaxed-loss-solution", _RL_DRAWS, "z = stand_in.sample((S,))  # [S, B, K]",
+          "relaxed-loss-tests", "rsample"),
+    _disc("relaxed-loss-solution", _RL_STAND_IN,
+          'stand_in = relaxed(qz, 1.0) if relaxation == "concrete" else straight_through(qz)',
+          "relaxed-loss-tests", "temperature"),
+    _disc("relaxed-loss-solution", _RL_STAND_IN,
+          'stand_in = relaxed(pz, temperature) if relaxation == "concrete" else straight_through(qz)',
+          "relaxed-loss-tests", "not the prior"),
+    _disc("relaxed-loss-solution", _RL_STAND_IN,
+          'stand_in = relaxed(qz, temperature) if relaxation != "straight_through" else '
+          'straight_through(qz)', "relaxed-loss-tests", "never calls straight_through"),
 ]

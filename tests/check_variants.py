@@ -223,4 +223,74 @@ VARIANTS = [
             "return (y - kept * shift) * (-kept * log_scale).exp()",
             "return (y - kept * shift) / (kept * log_scale).exp()",
             "the inverse dividing by exp(s)"),
+    # dpm3_discrete
+    Variant("dpm3_discrete", "enumerate-solution",
+            "index = torch.cartesian_prod(*[values] * n).reshape(-1, n)  # [N, n]",
+            "import itertools\n"
+            "    index = torch.tensor(list(itertools.product(range(classes), repeat=n)),\n"
+            "                         device=values.device).reshape(-1, n)  # [N, n]",
+            "the codes' indices by itertools.product"),
+    Variant("dpm3_discrete", "enumerate-solution",
+            "index = torch.cartesian_prod(*[values] * n).reshape(-1, n)  # [N, n]",
+            "index = torch.cartesian_prod(*[values] * n).reshape(-1, n).flip(0).flip(1)  # [N, n]",
+            "the codes in another order (reversed, the last unit slowest)"),
+    Variant("dpm3_discrete", "enumerate-solution",
+            "codes = index.to(inner.logits.dtype).reshape((-1,) + tuple(units))  # [N, K]",
+            "count = torch.arange(2 ** n, device=values.device)\n"
+            "        bits = (count[:, None] >> torch.arange(n, device=values.device)) & 1  # [N, n]\n"
+            "        codes = bits.to(inner.logits.dtype).reshape((-1,) + tuple(units))  # [N, K]",
+            "the bits by shifting the numbers 0 to 2^K - 1"),
+    Variant("dpm3_discrete", "enumerate-solution",
+            "codes = codes.expand((N,) + tuple(batch_shape) + event)  # [N, B, ...]",
+            "codes = codes.repeat((1,) + tuple(batch_shape) + (1,) * len(event))  # [N, B, ...]",
+            "repeat instead of expand over the batch"),
+    Variant("dpm3_discrete", "exact-elbo-solution",
+            "return (log_q.exp() * (joint.log_prob(z, x) - log_q)).sum(0)",
+            "log_joint = joint.log_prob(z, x)\n"
+            "    log_px = torch.logsumexp(log_joint, 0)\n"
+            "    return log_px - (log_q.exp() * (log_q - (log_joint - log_px))).sum(0)",
+            "the exact ELBO as log p(x) - KL(q || p(z|x))"),
+    Variant("dpm3_discrete", "exact-elbo-solution",
+            "return (log_q.exp() * (joint.log_prob(z, x) - log_q)).sum(0)",
+            "q = torch.softmax(log_q, 0)  # the q(z|x) of every code: they sum to 1 already\n"
+            "    return (q * joint.log_prob(z, x)).sum(0) - (q * log_q).sum(0)",
+            "the exact ELBO as E_q[log p(x, z)] plus the entropy, q by a softmax"),
+    Variant("dpm3_discrete", "leave-one-out-solution",
+            "baseline = (r.sum(0, keepdim=True) - r) / (S - 1)  # [S, B]",
+            "baseline = torch.stack([torch.cat([r[:s], r[s + 1:]]).mean(0)\n"
+            "                                for s in range(S)])  # [S, B]",
+            "the leave-one-out means by a loop over the draws"),
+    Variant("dpm3_discrete", "leave-one-out-solution",
+            "return r - baseline, torch.zeros_like(r)",
+            "return S / (S - 1) * (r - r.mean(0, keepdim=True)), r.new_zeros(r.shape)",
+            "r - b as S / (S - 1) times the centred rewards"),
+    Variant("dpm3_discrete", "concrete-solution",
+            "inner = td.RelaxedBernoulli(tau, logits=inner.logits)",
+            "inner = td.TransformedDistribution(\n"
+            "            td.relaxed_bernoulli.LogitRelaxedBernoulli(tau, logits=inner.logits),\n"
+            "            [td.SigmoidTransform()])",
+            "the relaxed bits as a sigmoid of LogitRelaxedBernoulli"),
+    Variant("dpm3_discrete", "concrete-solution",
+            "inner = td.RelaxedOneHotCategorical(tau, logits=inner.logits)",
+            "inner = td.TransformedDistribution(\n"
+            "            td.relaxed_categorical.ExpRelaxedCategorical(tau, logits=inner.logits),\n"
+            "            [td.ExpTransform()])",
+            "the relaxed one-hot variables as exp of ExpRelaxedCategorical"),
+    Variant("dpm3_discrete", "straight-through-solution",
+            "return hard + (probs - probs.detach())",
+            "return (hard - probs).detach() + probs",
+            "straight-through as (b - p).detach() + p"),
+    Variant("dpm3_discrete", "straight-through-solution",
+            "return hard + (probs - probs.detach())",
+            "return torch.where(hard > 0.5, torch.ones_like(probs), torch.zeros_like(probs)) "
+            "+ probs - probs.detach()",
+            "straight-through with the hard values from torch.where"),
+    Variant("dpm3_discrete", "relaxed-loss-solution",
+            "z = stand_in.rsample((S,))  # [S, B, K]",
+            "z = torch.stack([stand_in.rsample() for _ in range(S)])  # [S, B, K]",
+            "the relaxed loss's draws one at a time"),
+    Variant("dpm3_discrete", "relaxed-loss-solution",
+            "return -(log_px_z.mean(0) - td.kl_divergence(qz, pz)).mean()",
+            "return td.kl_divergence(qz, pz).mean() - log_px_z.mean()",
+            "the relaxed loss as the mean KL minus the mean distortion"),
 ]

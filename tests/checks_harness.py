@@ -40,6 +40,7 @@ CONTEXT_CELLS = {
     "dpm2_inference": ["setup", "cpd-check-helper", "ppca-testbed"],
     "importance_sampling": ["setup", "fixtures"],
     "dpm2_beyond": ["setup"],
+    "dpm3_discrete": ["setup"],
 }
 #: given cells that only the self-check cells need (the checks do not)
 SELF_CHECK_CONTEXT_CELLS = {"importance_sampling": ["data"]}
