@@ -23,7 +23,7 @@ Modules
 -------
 ==========  ============================================================
 idx         the IDX format: :func:`~dpm_core.data.idx.parse_idx`
-files       finding the files, :func:`read_idx` and the decompressed cache
+files       finding the files, :func:`read_idx`, :func:`idx_shape` and the decompressed cache
 dataset     :class:`ImageData`, one split held as tensors
 resize      bilinear resizing of a whole ``uint8`` split
 load        :func:`load_data` and its :class:`DataSplits`
@@ -47,11 +47,12 @@ References:
 
 from .binarizer import Binarizer
 from .dataset import ImageData
-from .files import DATASET_NAMES, IDX_FILES, cache_idx, data_cache_dir, find_data_files, read_idx
+from .files import DATASET_NAMES, IDX_FILES, cache_idx, data_cache_dir, find_data_files, idx_shape, read_idx
 from .load import DataSplits, cache_resized, load_data, load_fashion_mnist, load_mnist
 
 __all__ = [
     "read_idx",
+    "idx_shape",
     "data_cache_dir",
     "cache_idx",
     "find_data_files",

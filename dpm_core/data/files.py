@@ -6,6 +6,7 @@ Where the files are found (first match wins) is spelled out in :func:`find_data_
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 
-from .idx import GZIP_MAGIC, gunzip, parse_idx
+from .idx import GZIP_MAGIC, gunzip, idx_header, parse_idx
 
 __all__ = [
     "read_idx",
+    "idx_shape",
     "data_cache_dir",
     "cache_idx",
     "resized_cache_path",
@@ -96,6 +98,24 @@ def read_idx(path: PathLike) -> Tensor:
         raw = gunzip(raw, path)
         _write_cache(cached, raw)
     return parse_idx(raw, path)
+
+
+def idx_shape(path: PathLike) -> Tuple[int, ...]:
+    """The shape of the tensor an IDX file holds, read from its header alone (from the
+    decompressed copy in the cache when there is one): what :func:`read_idx` would return the
+    shape of, without reading or decompressing the data.
+
+    Raises:
+        ValueError: as :func:`read_idx` does for a bad header.
+    """
+    path = Path(path)
+    cached = _cache_path(path)
+    source = cached if cached is not None and cached.exists() else path
+    with open(source, "rb") as f:
+        head = f.read(2)
+    opener = gzip.open if head == GZIP_MAGIC else open
+    with opener(source, "rb") as f:
+        return tuple(idx_header(f.read(4 + 4 * 255), path))
 
 
 def data_cache_dir() -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GZIP_MAGIC", "gunzip", "parse_idx"]
+__all__ = ["GZIP_MAGIC", "gunzip", "idx_header", "parse_idx"]
 
 #: The first two bytes of a gzip stream.
 GZIP_MAGIC = b"\x1f\x8b"
@@ -51,17 +51,13 @@ def gunzip(raw: bytes, path: Path) -> bytes:
         ) from exc
 
 
-def parse_idx(raw: bytes, path: Path) -> Tensor:
-    """The ``uint8`` tensor held by the (decompressed) IDX bytes ``raw`` read from ``path``.
-
-    Returns:
-        A ``uint8`` tensor whose shape is the sizes in the header, e.g. ``[N, H, W]`` for
-        an images file and ``[N]`` for a labels file.
+def idx_header(raw: bytes, path: Path) -> tuple:
+    """The sizes in the header of the (decompressed) IDX bytes ``raw`` read from ``path``: only
+    the first 4 + 4 * ndim bytes are needed.
 
     Raises:
-        ValueError: if the magic number is wrong, the type code is not ``0x08``
-            (unsigned byte, the only one the MNIST family uses), or the data is shorter
-            or longer than the header promises. The message names the file.
+        ValueError: if the magic number is wrong, the type code is not ``0x08``, or the header
+            is cut short. The message names the file.
     """
     if len(raw) < 4:
         raise ValueError(
@@ -88,7 +84,23 @@ def parse_idx(raw: bytes, path: Path) -> Tensor:
             f"{path}: truncated IDX header: ndim={ndim} needs {header_size} header "
             f"bytes, found {len(raw)}; delete it and fetch it again"
         )
-    dims = struct.unpack(f">{ndim}I", raw[4:header_size])
+    return struct.unpack(f">{ndim}I", raw[4:header_size])
+
+
+def parse_idx(raw: bytes, path: Path) -> Tensor:
+    """The ``uint8`` tensor held by the (decompressed) IDX bytes ``raw`` read from ``path``.
+
+    Returns:
+        A ``uint8`` tensor whose shape is the sizes in the header, e.g. ``[N, H, W]`` for
+        an images file and ``[N]`` for a labels file.
+
+    Raises:
+        ValueError: if the magic number is wrong, the type code is not ``0x08``
+            (unsigned byte, the only one the MNIST family uses), or the data is shorter
+            or longer than the header promises. The message names the file.
+    """
+    dims = idx_header(raw, path)
+    header_size = 4 + 4 * len(dims)
     expected = math.prod(dims)
     found = len(raw) - header_size
     if found < expected:

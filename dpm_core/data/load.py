@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..utils import non_negative_int
 from .dataset import ImageData, check_binarize
-from .files import PathLike, _write_cache, find_data_files, read_idx, resized_cache_path
+from .files import PathLike, _write_cache, find_data_files, idx_shape, read_idx, resized_cache_path
 from .resize import resize_shape, resize_uint8
 
 __all__ = ["DataSplits", "load_data", "load_fashion_mnist", "load_mnist", "cache_resized"]
@@ -161,12 +161,13 @@ def cache_resized(name: str = "fashion-mnist", resize: Union[int, Tuple[int, int
     files = find_data_files(name, root, download=False)
     written = []
     for key in ("train_images", "test_images"):
-        images = read_idx(files[key]).unsqueeze(1)  # [N, 1, H, W]
-        size = resize_shape(resize, images.shape[2], images.shape[3])
+        N, H, W = idx_shape(files[key])  # the header only: the copy is usually there already
+        size = resize_shape(resize, H, W)
         cached = resized_cache_path(files[key], size)
         if cached is None:
             continue
-        if not _stored(cached, (*images.shape[:2], *size)):
+        if not _stored(cached, (N, 1, *size)):
+            images = read_idx(files[key]).unsqueeze(1)  # [N, 1, H, W]
             _write_cache(cached, resize_uint8(images, size).numpy().tobytes())
         written.append(cached)
     return written
