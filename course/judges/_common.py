@@ -14,8 +14,8 @@ import torch
 from dpm_probe.wire import Limits, Node, Tensor, decode, encode
 
 __all__ = ["REPLY_LIMITS", "Probe", "LocalProbe", "call", "leaf", "expanded", "probe_op",
-           "statistical", "returned", "tensor_value", "expect", "expect_close", "known_mistake",
-           "draw_seed"]
+           "statistical", "returned", "reported", "tensor_value", "shaped", "on_device", "expect",
+           "expect_close", "known_mistake", "draw_seed"]
 
 #: what a probe's reply may hold
 REPLY_LIMITS = Limits(total_bytes=64 * 2 ** 20)
@@ -150,6 +150,53 @@ def returned(result: dict, what: str, hint: str = "", hint_for: tuple = ("Runtim
         raise AssertionError(f"{what} raised {error.type}: {error.message}"
                              + (f". {hint}" if hint and error.type in hint_for else ""))
     return result.get("value")
+
+
+def reported(value, what: str, names: tuple = (), hint: str = ""):
+    """``value``, unless it reports an exception that the student's code raised (an error node,
+    or a probe's dict with ``"raised"`` and ``"message"``): then the failure that names the call.
+
+    Args:
+        value: what a request returned.
+        what: the call, for the message.
+        names: the notebook names the call needs: a ``KeyError`` of one of them means that its
+            cell has not run.
+        hint: a likely cause, added to the message of any other error.
+
+    Raises:
+        AssertionError: the code is not written yet (a bare ``NotImplementedError``, as the
+            release has it), a name is not defined yet, or the code raised another error (its
+            type and message, cut at 300 characters, then ``hint``: a withheld reference of
+            dpm_core says so in its message).
+    """
+    if isinstance(value, Node) and value.kind == "error":
+        kind, message = value.type, value.message
+    elif isinstance(value, dict) and "raised" in value and "message" in value:
+        kind, message = str(value["raised"]), str(value["message"])
+    else:
+        return value
+    if kind == "NotImplementedError" and not message:  # the release's blank
+        raise AssertionError(f"{what} raised NotImplementedError: write the exercise's code (and "
+                             f"delete its raise line)")
+    name = message.strip("'\"")
+    if kind == "KeyError" and name in names:
+        raise AssertionError(f"{name} is not defined: run its cell before this one")
+    detail = f": {message[:300]}" if message else ""
+    raise AssertionError(f"{what} raised {kind}{detail}. {hint}".strip())
+
+
+def shaped(value, shape, what: str, hint: str = "") -> Tensor:
+    """``value`` as a plain tensor of ``shape`` (its description: ``.data`` holds the values), or
+    the failure that says what it is instead."""
+    got = tensor_value(value, what)
+    expect(got.shape == tuple(shape),
+           f"{what} has shape {list(got.shape)}, expected {list(shape)}. {hint}".strip())
+    return got
+
+
+def on_device(got: Tensor, device: str) -> bool:
+    """Whether a tensor the kernel described lived on ``device`` (its type: cpu or cuda)."""
+    return got.device.split(":")[0] == device
 
 
 def tensor_value(value, what: str, hint: str = "") -> Tensor:

@@ -34,7 +34,8 @@ import torch.distributions as td
 import torch.nn.functional as F
 
 from course.judges._common import (Probe, call, draw_seed, expect, expect_close, known_mistake,
-                                   leaf, probe_op, statistical, tensor_value)
+                                   leaf, on_device, probe_op, reported, shaped, statistical,
+                                   tensor_value)
 from dpm_probe.wire import Node, Tensor
 
 __all__ = ["JUDGES", "cb_normaliser_values", "cb_normaliser_stability", "cb_log_prob",
@@ -47,23 +48,8 @@ _NOTEBOOK_NAMES = ("cb_log_normaliser", "cb_log_prob", "mixture_rsample", "mixtu
 
 
 def _raised(value, what: str, hint: str = ""):
-    """``value``, unless it is the error of an exception the student's code raised (an error node,
-    or a probe's ``{"raised", "message"}``): then the failure that names the call and, unless the
-    function is not written yet, ``hint``."""
-    if isinstance(value, Node) and value.kind == "error":
-        kind, message = value.type, value.message
-    elif isinstance(value, dict) and set(value) == {"raised", "message"}:
-        kind, message = value["raised"], value["message"]
-    else:
-        return value
-    if kind == "NotImplementedError":
-        raise AssertionError(f"{what} raised NotImplementedError: write the function (and delete "
-                             f"its raise line).")
-    name = message.strip("'\"")
-    if kind == "KeyError" and name in _NOTEBOOK_NAMES:
-        raise AssertionError(f"{name} is not defined: run its cell before this one")
-    detail = f": {message}" if message else ""
-    raise AssertionError(f"{what} raised {kind}{detail}. {hint}".strip())
+    """:func:`reported` with the names of this notebook."""
+    return reported(value, what, _NOTEBOOK_NAMES, hint)
 
 
 def _returned(result, what: str, hint: str = ""):
@@ -82,19 +68,6 @@ def _probed(result, what: str) -> dict:
         raise AssertionError(f"{what}: the kernel's answer does not fit the request: restart the "
                              f"kernel and run the notebook again")
     return result
-
-
-def _shaped(value, shape: tuple, what: str, hint: str = "") -> Tensor:
-    """``value`` as a plain tensor of ``shape``, or the failure that says what it is instead."""
-    got = tensor_value(value, what)
-    expect(got.shape == tuple(shape),
-           f"{what} has shape {list(got.shape)}, expected {list(shape)}. {hint}".strip())
-    return got
-
-
-def _on(got: Tensor, device: str) -> bool:
-    """Whether a tensor the kernel described lived on ``device`` (its type, cpu or cuda)."""
-    return got.device.split(":")[0] == device
 
 
 # ----------------------------------------------------------------- the continuous Bernoulli
@@ -263,12 +236,12 @@ def cb_normaliser_values(probe: Probe, rng: torch.Generator) -> str:
                    and torch.equal(argument.data, l64.to(dtype)),
                    f"{what} changed its argument: do not modify logits in place (abs_, "
                    f"clamp_, ...), compute new tensors.")
-            got = _shaped(got, shape, what, "It works elementwise: one log C per logit.")
+            got = shaped(got, shape, what, "It works elementwise: one log C per logit.")
             expect(got.dtype == dtype, f"{what} has dtype {got.dtype}: keep the dtype of the "
                                        f"logits (build constants with torch.full_like or "
                                        f"plain Python numbers).")
-            expect(_on(got, dev), f"{what} is on {got.device}: compute it on the device of the "
-                                  f"logits.")
+            expect(on_device(got, dev), f"{what} is on {got.device}: compute it on the device "
+                                        f"of the logits.")
             got64 = got.data.double()
             ref = _torch_log_normaliser(l64)
             if not torch.allclose(got64, ref, rtol=1e-5, atol=1e-5):
@@ -536,7 +509,7 @@ def cb_log_prob(probe: Probe, rng: torch.Generator) -> str:
             if got.data.dim() == 0 and batch:
                 raise AssertionError(f"{what} is one number for the whole batch: do not "
                                      f"sum over the batch. {dims_hint}")
-            got = _shaped(got, batch, what, dims_hint)
+            got = shaped(got, batch, what, dims_hint)
             ref = _cb_log_prob_reference(x, logits)
             got64 = got.data.double()
             if not torch.allclose(got64, ref, rtol=1e-5, atol=1e-3):
@@ -625,12 +598,12 @@ def _expect_draw_shapes(z, log_w, S, batch, K, M, what):
         raise AssertionError(f"z of {what} has shape {list(z.shape)}: a draw from every "
                              f"component. Keep the chosen component's only (torch.gather along "
                              f"the components' dimension, -2).")
-    _shaped(z, (S, *batch, K), f"z of {what}", "One draw z per sample and distribution.")
+    shaped(z, (S, *batch, K), f"z of {what}", "One draw z per sample and distribution.")
     if log_w.shape == (S, *batch, M):
         raise AssertionError(f"log_w of {what} has shape {list(log_w.shape)}: the log-weights of "
                              f"all components. Return log w_c of the chosen component only.")
-    _shaped(log_w, (S, *batch), f"log_w of {what}",
-            "One log-weight per draw: that of the component it came from.")
+    shaped(log_w, (S, *batch), f"log_w of {what}",
+           "One log-weight per draw: that of the component it came from.")
 
 
 @statistical
@@ -668,7 +641,7 @@ def mixture_rsample_draws(probe: Probe, rng: torch.Generator) -> str:
                     f"over K = {K} with batch_shape {list(batch)} on {dev}")
             z, log_w = _draws(_probed(result, what), what)
             _expect_draw_shapes(z, log_w, S, batch, K, 3, what)
-            expect(_on(z, dev) and z.dtype == dtype,
+            expect(on_device(z, dev) and z.dtype == dtype,
                    f"z of {what} is {z.dtype} on {z.device}: draw it from qz's own components.")
             expect(bool(torch.isfinite(z.data).all()), f"z of {what} is not finite everywhere")
             c, far = _components_of(z.data, locs, scales)
@@ -842,8 +815,8 @@ def _toy_gradients(seen, repeats, draws, what):
     if out.shape == (draws, repeats):
         raise AssertionError(f"{what} has shape {list(out.shape)}, one value per draw: average "
                              f"over the draws (dimension 0).")
-    _shaped(out, (repeats,), what, "Average over the draws (dimension 0): one surrogate "
-                                   "per distribution of the batch.")
+    shaped(out, (repeats,), what, "Average over the draws (dimension 0): one surrogate "
+                                  "per distribution of the batch.")
     expect(out.requires_grad, f"{what} has no gradient: f and log_w must stay on the graph.")
     grads = _raised(seen.get("grads"), f"the gradient of {what}")
     grads = [torch.zeros(repeats, 3, dtype=torch.float64) if g is None
@@ -1033,7 +1006,7 @@ def coupling_inverse(probe: Probe, rng: torch.Generator) -> str:
             _expect_layer(seen, what)
             y = _raised(seen.get("y"), f"{what}: _call(z)")
             expect(isinstance(y, Tensor), f"{what}: _call(z) should return a tensor")
-            y = _shaped(y, shape, f"{what}: _call(z)", "y has the shape of z.").data.double()
+            y = shaped(y, shape, f"{what}: _call(z)", "y has the shape of z.").data.double()
             g = _conditioner(*weights)
             t, s = g(mask * z)
             keep = 1 - mask
@@ -1119,8 +1092,8 @@ def coupling_log_det(probe: Probe, rng: torch.Generator) -> str:
                     f"{what} has one value per coordinate, shape {list(got.shape)}: "
                     f"log |det J| of a vector is one number, the sum over its last "
                     f"dimension.")
-            got = _shaped(got, batch, what, "One number per vector: sum over the last "
-                                            "dimension.").data.double()
+            got = shaped(got, batch, what, "One number per vector: sum over the last "
+                                           "dimension.").data.double()
             if not torch.allclose(got, ref, rtol=1e-9, atol=1e-9):
                 t, s = _conditioner(*weights)(mask * z)
                 if torch.allclose(got, -ref, rtol=1e-9, atol=1e-9):

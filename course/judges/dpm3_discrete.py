@@ -31,7 +31,8 @@ import torch.distributions as td
 import torch.nn.functional as F
 
 from course.judges._common import (Probe, draw_seed, expect, expect_close, known_mistake,
-                                   probe_op, statistical, tensor_value)
+                                   on_device, probe_op, reported, shaped, statistical,
+                                   tensor_value)
 from dpm_core.discrete import FlattenCode, code_parts
 from dpm_core.discrete import enumerate_codes as reference_codes
 from dpm_core.discrete import make_testbed
@@ -56,22 +57,8 @@ _NUM_SE = 5.0
 # ----------------------------------------------------------------------------- what came back
 
 def _raised(value, what: str, hint: str = ""):
-    """``value``, unless it reports an error of the student's code (an error node, or a probe's
-    ``{"raised", "kinds", "message"}``): then the failure that names the call."""
-    if isinstance(value, Node) and value.kind == "error":
-        kind, message = value.type, value.message
-    elif isinstance(value, dict) and "raised" in value and "message" in value:
-        kind, message = str(value["raised"]), str(value["message"])
-    else:
-        return value
-    if kind == "NotImplementedError":
-        raise AssertionError(f"{what} raised NotImplementedError: write the exercise's code (and "
-                             f"delete its raise line).")
-    name = message.strip("'\"")
-    if kind == "KeyError" and name in _NOTEBOOK_NAMES:
-        raise AssertionError(f"{name} is not defined: run its cell before this one")
-    detail = f": {message[:300]}" if message else ""
-    raise AssertionError(f"{what} raised {kind}{detail}. {hint}".strip())
+    """:func:`reported` with the names of this notebook."""
+    return reported(value, what, _NOTEBOOK_NAMES, hint)
 
 
 def _probed(result, what: str) -> dict:
@@ -79,19 +66,6 @@ def _probed(result, what: str) -> dict:
     result = _raised(result, what)
     expect(isinstance(result, dict), _MISFIT)
     return result
-
-
-def _shaped(value, shape: tuple, what: str, hint: str = "") -> torch.Tensor:
-    """The values of a reported plain tensor of ``shape``."""
-    got = tensor_value(value, what)
-    expect(got.shape == tuple(shape),
-           f"{what} has shape {list(got.shape)}, expected {list(shape)}. {hint}".strip())
-    return got.data
-
-
-def _on(got: Tensor, device: str) -> bool:
-    """Whether a tensor the kernel described lived on ``device``."""
-    return got.device.split(":")[0] == device
 
 
 def _grads(value, what: str) -> list:
@@ -127,7 +101,7 @@ def _companion(codes, batch: tuple, dtype, dev: str) -> tuple:
     if layout:
         flat = codes.data.reshape(codes.shape[0], -1, 2)
         layout = bool((flat == flat[:, :1]).all())
-    return layout, codes.dtype == dtype and _on(codes, dev)
+    return layout, codes.dtype == dtype and on_device(codes, dev)
 
 
 def _enumeration(probe: Probe, rng: torch.Generator, kind: str, sizes: list) -> str:
@@ -186,9 +160,9 @@ def _enumeration(probe: Probe, rng: torch.Generator, kind: str, sizes: list) -> 
                     f"the {units} {'bits' if kind == 'bernoulli' else 'variables'}"
                     + ("" if kind == "bernoulli" else f" (C = {classes} classes each, "
                        f"inner.event_shape[0], not 2)") + ".")
-            got = _shaped(codes, shape, what, "[N] + batch_shape + event_shape: the codes in "
-                                              "front, repeated over the batch (expand).")
-            expect(not kind_ok or (codes.dtype == dtype and _on(codes, dev)),
+            got = shaped(codes, shape, what, "[N] + batch_shape + event_shape: the codes in "
+                                             "front, repeated over the batch (expand).").data
+            expect(not kind_ok or (codes.dtype == dtype and on_device(codes, dev)),
                    f"{what} is {str(codes.dtype)[6:]} on {codes.device}: make the codes in the "
                    f"dtype and on the device of p's logits (.to(inner.logits.dtype), device=...), "
                    f"so that log_prob and the decoder can read them.")
@@ -358,8 +332,8 @@ def exact_elbo_values(probe: Probe, rng: torch.Generator) -> str:
             if got.data.dim() == 0:
                 raise AssertionError(f"{what} is one number: return one ELBO per data point, "
                                      f"shape batch_shape (sum over the codes only).")
-            got = _shaped(got, batch, what, "One ELBO per data point: sum over the codes "
-                                            "(dimension 0) only.").double()
+            got = shaped(got, batch, what, "One ELBO per data point: sum over the codes "
+                                           "(dimension 0) only.").data.double()
             if not torch.allclose(got, case["elbo"], rtol=1e-6, atol=1e-8):
                 if not seen.get("enumerations"):
                     raise AssertionError(f"{what} differs from the exact ELBO and never calls "
@@ -476,8 +450,8 @@ def leave_one_out(probe: Probe, rng: torch.Generator) -> str:
             found = _raised(found, what)
             expect(isinstance(found, dict) and "out" in found and "loss" in found,
                    f"{what} should return the pair (r - b, loss), like every VarianceReduction")
-            out = _shaped(found["out"], (S, B), f"the first output of {what}",
-                          "Keep the shape [S, B] of the rewards: one r_s - b_s per draw.")
+            out = shaped(found["out"], (S, B), f"the first output of {what}",
+                         "Keep the shape [S, B] of the rewards: one r_s - b_s per draw.").data
             others = (r.sum(0, keepdim=True) - r) / (S - 1)
             if not torch.allclose(out.float(), r - others, rtol=1e-5, atol=1e-4):
                 raise AssertionError(f"the first output of {what} is not r - b with b_s the mean "
@@ -626,7 +600,7 @@ def relaxed(probe: Probe, rng: torch.Generator) -> str:
             log_prob = _raised(seen.get("log_prob"), f"log_prob of {what}",
                                "The torch classes want the temperature as a tensor: "
                                "torch.tensor(temperature, dtype=..., device=...).")
-            got = _shaped(log_prob, batch, f"log_prob of {what}").double()
+            got = shaped(log_prob, batch, f"log_prob of {what}").data.double()
             ref = _relaxed_reference(kind, logits.double(), tau).log_prob(points.double())
             if not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
                 raise AssertionError(f"log_prob of {what} differs from the Concrete "
@@ -634,7 +608,7 @@ def relaxed(probe: Probe, rng: torch.Generator) -> str:
                                          got, kind, logits.double(), tau, points.double(),
                                          structure))
             draws = _raised(seen.get("draws"), f"rsample of {what}")
-            draws = _shaped(draws, (S,) + batch + (K,), f"rsample((2000,)) of {what}").double()
+            draws = shaped(draws, (S,) + batch + (K,), f"rsample((2000,)) of {what}").data.double()
             inside = bool(((draws >= 0) & (draws <= 1)).all())
             if kind != "bernoulli":
                 inside &= bool(((draws.reshape(S, *batch, 3, 4).sum(-1) - 1).abs() < 1e-4).all())
@@ -704,7 +678,7 @@ def straight_through_values(probe: Probe, rng: torch.Generator) -> str:
                    f"{list(d.event_shape)}, expected {list(batch)} and [{K}]: keep q's "
                    f"Independent and transforms, rebuild_code(new_inner, ndims, transforms).")
             draws = _raised(seen.get("draws"), f"rsample of {what}")
-            draws = _shaped(draws, (S,) + batch + (K,), f"rsample((4000,)) of {what}").double()
+            draws = shaped(draws, (S,) + batch + (K,), f"rsample((4000,)) of {what}").data.double()
             # a straight-through value is b + (p - p) up to rounding
             hard = bool(((draws - draws.round()).abs() < 1e-5).all()
                         and ((draws.round() == 0) | (draws.round() == 1)).all())
@@ -731,13 +705,13 @@ def straight_through_values(probe: Probe, rng: torch.Generator) -> str:
                 raise AssertionError(f"the draws of {what} have unit frequencies up to "
                                      f"{(freq - probs).abs().max().item():.3f} away from q's "
                                      f"probabilities: {hint}")
-            log_prob = _shaped(_raised(seen.get("log_prob"), f"log_prob of {what}"), batch,
-                               f"log_prob of {what}").double()
+            log_prob = shaped(_raised(seen.get("log_prob"), f"log_prob of {what}"), batch,
+                              f"log_prob of {what}").data.double()
             expect_close(log_prob, q.log_prob(points.double()), f"log_prob of {what}",
                          "straight_through changes rsample only: log_prob stays q's (same "
                          "logits, the same Independent and transforms).", rtol=1e-5, atol=1e-5)
-            kl = _shaped(_raised(seen.get("kl"), f"td.kl_divergence({what}, p)"), batch,
-                         f"td.kl_divergence(straight_through(q), p)").double()
+            kl = shaped(_raised(seen.get("kl"), f"td.kl_divergence({what}, p)"), batch,
+                        f"td.kl_divergence(straight_through(q), p)").data.double()
             expect_close(kl, td.kl_divergence(q, _code(kind, prior.double())),
                          f"td.kl_divergence({what}, p)",
                          "straight_through changes rsample only: the KL stays q's.",

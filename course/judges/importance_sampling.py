@@ -36,8 +36,8 @@ import torch.distributions as td
 import torch.nn.functional as F
 
 from course.judges._common import (Probe, call, draw_seed, expect, expect_close,
-                                   expect_distribution, kind_of, known_mistake, leaf, probe_op,
-                                   statistical, tensor_value)
+                                   expect_distribution, kind_of, known_mistake, leaf, on_device,
+                                   probe_op, reported, shaped, statistical, tensor_value)
 from dpm_core.ppca import PPCA, e_step, m_step
 from dpm_probe.wire import Node, Tensor
 
@@ -60,22 +60,8 @@ _MISFIT = ("the kernel's answer to the hidden tests does not fit their request: 
 
 # ----------------------------------------------------------------------------- what came back
 def _raised(value, what: str, hint: str = ""):
-    """``value``, unless it is the error of an exception the student's code raised (an error
-    node, or a probe's ``{"raised", "message"}``): then the failure that names the call."""
-    if isinstance(value, Node) and value.kind == "error":
-        kind, message = value.type, value.message
-    elif isinstance(value, dict) and set(value) == {"raised", "message"}:
-        kind, message = str(value["raised"]), str(value["message"])
-    else:
-        return value
-    if kind == "NotImplementedError" and not message:
-        raise AssertionError(f"{what} is not written yet: write the function (and delete its "
-                             f"raise line)")
-    if kind == "KeyError" and message.strip("'\"") in _NOTEBOOK_NAMES:
-        raise AssertionError(f"{message.strip(chr(39) + chr(34))} is not defined: run its cell "
-                             f"before this one")
-    detail = f": {message}" if message else ""
-    raise AssertionError(f"{what} raised {kind}{detail}. {hint}".strip())
+    """:func:`reported` with the names of this notebook."""
+    return reported(value, what, _NOTEBOOK_NAMES, hint)
 
 
 def _returned(result, what: str, hint: str = ""):
@@ -95,22 +81,6 @@ def _items(found, count: int) -> list:
     return found
 
 
-
-
-def _shaped(value, shape, what: str, hint: str = "") -> torch.Tensor:
-    """The values of a reported plain tensor of ``shape``, or the failure that says what it is
-    instead."""
-    got = tensor_value(value, what)
-    expect(got.shape == tuple(shape),
-           f"{what} has shape {list(got.shape)}, expected {list(shape)}. {hint}".strip())
-    return got.data
-
-
-
-
-def _on(got: Tensor, device: str) -> bool:
-    """Whether a tensor the kernel described lived on ``device`` (its type, cpu or cuda)."""
-    return got.device.split(":")[0] == device
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
@@ -239,12 +209,12 @@ def pca_basis(probe: Probe, rng: torch.Generator) -> str:
     for i, device in enumerate(devices):
         for K, result in zip(_PCA_SIZES, results[i * len(_PCA_SIZES):]):
             mean, W, _ = _pca_parts(result, K, device)
-            expect(_on(W, device) and W.dtype == torch.float64,
+            expect(on_device(W, device) and W.dtype == torch.float64,
                    f"W is a {W.dtype} tensor on {W.device} for float64 data on {device}; keep "
                    f"the dtype and device of X")
             expect_close(mean.data, X.mean(0), f"mean (K={K}, {device})",
                          "the mean of the rows of X", rtol=1e-8, atol=1e-8)
-            W = _shaped(W, (6, K), f"W (K={K})")
+            W = shaped(W, (6, K), f"W (K={K})").data
             eye = torch.eye(K, dtype=torch.float64)
             expect_close(W.T @ W, eye, f"W^T W (K={K}, {device})",
                          "the columns of W must be orthonormal (unit length, mutually "
@@ -296,7 +266,7 @@ def pca_encoding(probe: Probe, rng: torch.Generator) -> str:
         for K, result in zip(sizes, results[i * len(sizes):]):
             mean, W, Z = _pca_parts(result, K, device)
             mean, W = mean.data, W.data
-            Z = _shaped(Z, (N, K), f"Z (K={K})", "one row of codes per data point")
+            Z = shaped(Z, (N, K), f"Z (K={K})", "one row of codes per data point").data
             if W.shape == (6, K) and mean.shape == (6,):
                 if _close(Z, X @ W, 0, 1e-6) and not _close(Z, Xc @ W, 0, 1e-6):
                     raise AssertionError("Z = X W: subtract the mean before projecting, "
@@ -356,8 +326,8 @@ def ppca_marginal(probe: Probe, rng: torch.Generator) -> str:
             raise AssertionError("the covariance of p(x) is singular: it is W W^T + sigma^2 I, "
                                  f"did you leave out sigma^2 I? ({error.message[:200]})")
         what = f"ppca_log_marginal for x of shape [3, 5, D] ({device})"
-        lp = _shaped(_returned(tensor_call, "ppca_log_marginal"), (3, 5), what,
-                     "return one log-density per observation, shape x.shape[:-1]")
+        lp = shaped(_returned(tensor_call, "ppca_log_marginal"), (3, 5), what,
+                    "return one log-density per observation, shape x.shape[:-1]").data
         if not _close(lp, reference, 1e-6, 1e-6):
             for hint, cov in variants.items():
                 wrong = td.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)
@@ -440,8 +410,8 @@ def ppca_posterior_mean(probe: Probe, rng: torch.Generator) -> str:
         seen = _raised(result, "ppca_posterior")
         expect_distribution(_raised(_field(seen, "value"), "ppca_posterior"), (3, 5), (2,),
                              what)
-        mean = _shaped(_raised(_field(seen, "mean"), "the posterior's mean"), (3, 5, 2),
-                       "the posterior mean")
+        mean = shaped(_raised(_field(seen, "mean"), "the posterior's mean"), (3, 5, 2),
+                      "the posterior mean").data
         if not _close(mean, reference, 1e-6, 1e-6):
             hint = known_mistake(mean, hints, rtol=1e-5, atol=1e-5)
             if hint:
@@ -459,9 +429,9 @@ def _posterior_covariance(seen: dict, device: str) -> torch.Tensor:
         raise AssertionError(f"ppca_posterior returned a {kind_of(value)}, which has no "
                              f"covariance_matrix: the posterior of PPCA is correlated in general, "
                              f"return a td.MultivariateNormal")
-    return _shaped(_raised(cov, "the posterior's covariance_matrix"), (3, 5, 2, 2),
-                   f"the posterior covariance matrix ({device})",
-                   "one K x K matrix per observation (broadcasting one matrix is fine)")
+    return shaped(_raised(cov, "the posterior's covariance_matrix"), (3, 5, 2, 2),
+                  f"the posterior covariance matrix ({device})",
+                  "one K x K matrix per observation (broadcasting one matrix is fine)").data
 
 
 def ppca_posterior_cov(probe: Probe, rng: torch.Generator) -> str:
@@ -537,8 +507,8 @@ def ppca_bayes(probe: Probe, rng: torch.Generator) -> str:
         seen = _raised(result, "ppca_posterior")
         expect_distribution(_raised(_field(seen, "value"), "ppca_posterior"), (2, 3), (3,),
                              f"ppca_posterior for x of shape [2, 3, D] with K = 3 ({device})")
-        log_post = _shaped(_raised(_field(seen, "log_prob"), "log_prob of ppca_posterior"),
-                           (5, 2, 3), f"log p(z|x) at codes of shape [5, 2, 3, K] ({device})")
+        log_post = shaped(_raised(_field(seen, "log_prob"), "log_prob of ppca_posterior"),
+                          (5, 2, 3), f"log p(z|x) at codes of shape [5, 2, 3, K] ({device})").data
         expect_close(log_post, ref.exact_posterior(x).log_prob(z),
                      f"log p(z|x) at arbitrary codes (K = 3, {device})", rtol=1e-6, atol=1e-6)
         expect_close(ref.log_prob(z, x) - log_post, ref.exact_log_marginal(x).expand(5, 2, 3),
@@ -561,9 +531,9 @@ def _moments(result, n: int, device: str) -> tuple:
     value = _returned(result, "ppca_e_step")
     expect(isinstance(value, list) and len(value) == 2,
            f"ppca_e_step should return a tuple (Ez, Ezz), got {kind_of(value)}")
-    Ez = _shaped(tensor_value(value[0], "Ez of ppca_e_step"), (n, 2),
-                 f"Ez of ppca_e_step for X of shape [{n}, D] ({device})",
-                 "one posterior mean E[z_n] per data point, shape [N, K]")
+    Ez = shaped(tensor_value(value[0], "Ez of ppca_e_step"), (n, 2),
+                f"Ez of ppca_e_step for X of shape [{n}, D] ({device})",
+                "one posterior mean E[z_n] per data point, shape [N, K]").data
     return Ez, tensor_value(value[1], "Ezz of ppca_e_step")
 
 
@@ -625,8 +595,8 @@ def em_e_step_moment(probe: Probe, rng: torch.Generator) -> str:
         if tuple(Ezz.shape) == (2, 2):
             raise AssertionError("Ezz has shape [K, K]: return one matrix E[z_n z_n^T] per data "
                                  "point, shape [N, K, K] (the M-step sums them)")
-        Ezz = _shaped(Ezz, (9, 2, 2), f"Ezz of ppca_e_step for X of shape [9, D] ({device})",
-                      "one matrix E[z_n z_n^T] per data point, shape [N, K, K]")
+        Ezz = shaped(Ezz, (9, 2, 2), f"Ezz of ppca_e_step for X of shape [9, D] ({device})",
+                     "one matrix E[z_n z_n^T] per data point, shape [N, K, K]").data
         M_used = _posterior_m_used(Ez, X, W, b, sigma)
         inv = torch.linalg.inv(M_used)
         reference = sigma ** 2 * inv + outer
@@ -707,16 +677,16 @@ def em_m_step_w(probe: Probe, rng: torch.Generator) -> str:
                               probe.run([call("ppca_m_step", X, Ez, Ezz, device=d)
                                          for d in probe.devices])):
         W, b, _ = _m_step_parts(result, device)
-        expect(_on(W, device) and W.dtype == torch.float64,
+        expect(on_device(W, device) and W.dtype == torch.float64,
                f"W is a {W.dtype} tensor on {W.device} for float64 data on {device}; keep the "
                f"dtype and device of X")
         if tuple(W.shape) == (2, 6):
             raise AssertionError("W has shape [K, D], expected [D, K]: transpose it (it is "
                                  "[sum_n (x_n - b) E[z_n]^T] [sum_n E[z_n z_n^T]]^{-1})")
-        b = _shaped(b, (6,), f"b of ppca_m_step ({device})", "the mean of the rows of X")
+        b = shaped(b, (6,), f"b of ppca_m_step ({device})", "the mean of the rows of X").data
         expect_close(b, b_ref, f"b ({device})", "b is the mean of the rows of X", rtol=1e-8,
                      atol=1e-8)
-        W = _shaped(W, (6, 2), f"W of ppca_m_step ({device})")
+        W = shaped(W, (6, 2), f"W of ppca_m_step ({device})").data
         if not _close(W, W_ref, 1e-8, 1e-8):
             hint = known_mistake(W, hints, rtol=1e-6, atol=1e-6)
             if hint:
@@ -748,8 +718,8 @@ def em_m_step_sigma(probe: Probe, rng: torch.Generator) -> str:
         if sigma.data.numel() == 1 and tuple(sigma.shape) != ():
             raise AssertionError(f"sigma has shape {list(sigma.shape)}: return a 0-d tensor "
                                  f"(sum over n and over the coordinates)")
-        sigma = _shaped(sigma, (), f"sigma of ppca_m_step ({device})",
-                        "one noise scale, a 0-d tensor: sum over n and over the coordinates")
+        sigma = shaped(sigma, (), f"sigma of ppca_m_step ({device})",
+                       "one noise scale, a 0-d tensor: sum over n and over the coordinates").data
         if not _close(sigma, s2.sqrt(), 1e-8, 1e-8):
             uncentred = (X ** 2).sum() - 2 * (Ez * (X @ W)).sum() + trace
             hint = known_mistake(sigma, [
@@ -790,9 +760,9 @@ def iwae_bound(probe: Probe, rng: torch.Generator) -> str:
                          for t in (lw, lw[:1], lw[:, 0, 0])])
     for i, device in enumerate(devices):
         whole, one, vector = results[3 * i: 3 * i + 3]
-        out = _shaped(_returned(whole, "iwae_bound"), (3, 5),
-                      f"iwae_bound of log-weights [S=7, 3, 5] ({device})",
-                      "reduce over the first (sample) dimension only")
+        out = shaped(_returned(whole, "iwae_bound"), (3, 5),
+                     f"iwae_bound of log-weights [S=7, 3, 5] ({device})",
+                     "reduce over the first (sample) dimension only").data
         if _close(out, reference + math.log(7), 1e-6, 1e-6):
             raise AssertionError("iwae_bound is log sum_s w_s: subtract log S, the bound is the "
                                  "log of the AVERAGE weight")
@@ -910,9 +880,9 @@ def log_weights(probe: Probe, rng: torch.Generator) -> str:
     for i, device in enumerate(probe.devices):
         exact_run, gradient_run = results[2 * i: 2 * i + 2]
         for S, value in zip(sizes, _items(_raised(exact_run, "log_weights"), len(sizes))):
-            lw = _shaped(_raised(value, "log_weights"), (S, 3, 5),
-                         f"log_weights for x of shape [3, 5, D] and S={S} ({device})",
-                         "the shape is [S] + batch_shape")
+            lw = shaped(_raised(value, "log_weights"), (S, 3, 5),
+                        f"log_weights for x of shape [3, 5, D] and S={S} ({device})",
+                        "the shape is [S] + batch_shape").data
             if S > 1:
                 expect(lw.std(0).max() < 1e-6,
                        "with the exact posterior as proposal the log-weights still vary from "
@@ -936,8 +906,8 @@ def log_weights(probe: Probe, rng: torch.Generator) -> str:
                "not qz.sample")
         grad = _raised(seen.get("grad"), "the gradient of the log-weights")
         grad_mc = torch.zeros_like(loc) if grad is None else \
-            _shaped(grad, (4, 2), "the gradient of the average log-weight with respect to q's "
-                                  "mean").double()
+            shaped(grad, (4, 2), "the gradient of the average log-weight with respect to q's "
+                                 "mean").data.double()
         if grad_mc.abs().max() < 0.2 * grad_ref.abs().max():
             raise AssertionError(
                 "the gradient of the average log-weight with respect to q's mean is about 0, not "
@@ -973,8 +943,8 @@ _LOG_PROB_REPEATS = {1: 4000, 10: 400, 100: 100, 1000: 40}
 
 def _repeat_stats(found, S: int, R: int, what: str, device: str) -> tuple:
     """Mean and standard error over R repeats of an estimate for 4 observations."""
-    est = _shaped(_raised(_field(found, "value"), what), (R, 4),
-                  f"{what} for x of shape [{R}, 4, D] and S={S} ({device})").double()
+    est = shaped(_raised(_field(found, "value"), what), (R, 4),
+                 f"{what} for x of shape [{R}, 4, D] and S={S} ({device})").data.double()
     return est.mean(0), est.std(0) / math.sqrt(R)
 
 
@@ -1005,8 +975,8 @@ def elbo_estimate(probe: Probe, rng: torch.Generator) -> str:
     for device, result in zip(devices, results):
         for S, found in zip(sizes, _values(result, len(sizes), "elbo_estimate")):
             what = f"elbo_estimate for x of shape [4, D] and S={S} ({device})"
-            est = _shaped(_raised(_field(found, "value"), "elbo_estimate"), (4,), what,
-                          "one ELBO per observation")
+            est = shaped(_raised(_field(found, "value"), "elbo_estimate"), (4,), what,
+                         "one ELBO per observation").data
             used = _draws_used(found)
             if not used:
                 own_draws.append(device)
@@ -1092,7 +1062,7 @@ def log_prob_estimate(probe: Probe, rng: torch.Generator) -> str:
     for device, result in zip(devices, results):
         for S, found in zip(sizes, _values(result, len(sizes), "log_prob_estimate")):
             what = f"log_prob_estimate for x of shape [4, D] and S={S} ({device})"
-            est = _shaped(_raised(_field(found, "value"), "log_prob_estimate"), (4,), what)
+            est = shaped(_raised(_field(found, "value"), "log_prob_estimate"), (4,), what).data
             used = _draws_used(found)
             if not used:
                 own_draws.append(device)
@@ -1142,8 +1112,8 @@ def _log_prob_by_repeats(probe: Probe, rng: torch.Generator, model: dict, ref: P
     results = probe.run(ops)
     for device, result in zip(devices, results):
         (found,) = _values(result, 1, "log_prob_estimate")
-        est = _shaped(_raised(_field(found, "value"), "log_prob_estimate"), (4,),
-                      f"log_prob_estimate for x of shape [4, D] ({device})")
+        est = shaped(_raised(_field(found, "value"), "log_prob_estimate"), (4,),
+                     f"log_prob_estimate for x of shape [4, D] ({device})").data
         expect_close(est, log_px, f"log_prob_estimate with the exact posterior ({device})",
                      "with q = p(z|x) every weight is p(x), so the estimate is exact",
                      rtol=1e-6, atol=1e-6)
@@ -1216,9 +1186,9 @@ def per_datapoint(probe: Probe, rng: torch.Generator) -> str:
                             "the mean of the fitted q")
         expect(not mean.requires_grad, "return the fitted q detached from the graph (use "
                                        ".detach())")
-        mean = _shaped(mean, (2, 3, 2), "the mean of the fitted q")
-        std = _shaped(_raised(_field(seen, "stddev"), "the stddev of the fitted q"), (2, 3, 2),
-                      "the stddev of the fitted q")
+        mean = shaped(mean, (2, 3, 2), "the mean of the fitted q").data
+        std = shaped(_raised(_field(seen, "stddev"), "the stddev of the fitted q"), (2, 3, 2),
+                     "the stddev of the fitted q").data
         expect(bool((std > 0).all()), "the fitted q has scales that are not positive: keep them "
                                       "positive with softplus")
         fitted = td.Independent(td.Normal(mean.double(), std.double()), 1)
