@@ -19,9 +19,12 @@ scan of every grade in the course. ``benchmarks/coordinator_throughput.py`` meas
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from nbgrader.api import (BaseCell, Comment, Grade, Gradebook, Student, SubmittedAssignment,
@@ -29,12 +32,14 @@ from nbgrader.api import (BaseCell, Comment, Grade, Gradebook, Student, Submitte
 from nbgrader.utils import parse_utc
 from sqlalchemy import insert, select, update
 
-__all__ = ["GRADING_RECORD", "template_gradebook", "merge_results", "merge_result",
-           "grading_record"]
+__all__ = ["GRADING_RECORD", "TEMPLATE_FOLDER", "template_gradebook", "template_digest",
+           "merge_results", "merge_result", "grading_record"]
 
 #: the file beside a submission's autograded notebooks that records what the grader found beyond
 #: the points (read by course.report)
 GRADING_RECORD = "grading.json"
+#: where, under the course's ``course/`` folder, template gradebooks are kept
+TEMPLATE_FOLDER = "template-gradebooks"
 #: the grade of a cell that the result does not know (the grader failed before it): 0 points,
 #: (auto_score, max_score, needs_manual_grade, autograded) as in Result.grades
 _UNGRADED = (0.0, None, False, True)
@@ -45,16 +50,49 @@ def template_gradebook(course_root: Path, assignment: str) -> bytes:
 
     Made by nbgrader's own ``generate_assignment`` from ``source/<assignment>`` in a
     temporary course, so that the scratch course of every submission starts from it: a
-    student's kernel never sees another student's grades (nor, in fact, this file).
+    student's kernel never sees another student's grades (nor, in fact, this file). It is kept
+    in ``course/template-gradebooks/`` under a digest of what made it (:func:`template_digest`),
+    so that grading the same assignment again (late submissions, a re-grade) skips nbgrader's
+    run of several seconds; a change to the source, the course's nbgrader configuration or
+    nbgrader makes a new one (and removes the old).
     """
     from course.pipeline import nbgrader
 
+    kept = Path(course_root) / "course" / TEMPLATE_FOLDER
+    cached = kept / f"{assignment}-{template_digest(course_root, assignment)}.db"
+    if cached.is_file():
+        return cached.read_bytes()
     with tempfile.TemporaryDirectory(prefix="dpm-template-") as tmp:
         root = Path(tmp)
         shutil.copytree(Path(course_root) / "source" / assignment, root / "source" / assignment)
         (root / "course").mkdir()
         nbgrader(["generate_assignment", assignment, "--force"], root)
-        return (root / "course" / "gradebook.db").read_bytes()
+        template = (root / "course" / "gradebook.db").read_bytes()
+    kept.mkdir(parents=True, exist_ok=True)
+    for old in kept.glob(f"{assignment}-*.db"):
+        old.unlink(missing_ok=True)
+    written = kept / f".{cached.name}.{os.getpid()}.{threading.get_ident()}"
+    written.write_bytes(template)
+    os.replace(written, cached)  # whole or absent, whoever reads it
+    return template
+
+
+def template_digest(course_root: Path, assignment: str) -> str:
+    """What a template gradebook depends on, as 16 hex digits: nbgrader's version, the course's
+    ``nbgrader_config.py`` and header notebook, and every file of ``source/<assignment>`` (its
+    path and bytes)."""
+    import nbgrader
+
+    from course.pipeline import REPO
+
+    digest = hashlib.sha256(nbgrader.__version__.encode())
+    source = Path(course_root) / "source" / assignment
+    made_from = [REPO / "nbgrader_config.py", REPO / "course" / "header.ipynb",
+                 *sorted(p for p in source.rglob("*") if p.is_file())]
+    for path in made_from:
+        name = path.relative_to(source) if path.is_relative_to(source) else path.name
+        digest.update(b"\0" + str(name).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def merge_results(gb: Gradebook, results: list, autograded_dir: Path) -> None:

@@ -248,3 +248,50 @@ def test_an_unknown_assignment_records_nothing_of_the_batch(tmp_path, empty):
         merge_result(gb, _result("hw1", "alice", 2.0), tmp_path / "autograded")
         assert [s.id for s in gb.students] == ["alice"]
     assert not (tmp_path / "autograded" / "bob").exists()
+
+
+# ----------------------------------------------------------------------------- template gradebooks
+
+
+def _tiny_assignment(root: Path, answer: str = "x = 1") -> None:
+    """``source/tiny/tiny.ipynb``: one solution cell and one graded test cell."""
+    import nbformat
+
+    def meta(grade_id, **kw):
+        return {"nbgrader": {"grade_id": grade_id, "schema_version": 3, "locked": False,
+                             "solution": False, "grade": False, **kw}}
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(f"### BEGIN SOLUTION\n{answer}\n### END SOLUTION",
+                                  metadata=meta("tiny-solution", solution=True)),
+        nbformat.v4.new_code_cell("assert x == 1", metadata=meta("tiny-tests", grade=True,
+                                                                   locked=True, points=1))])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (root / "source" / "tiny").mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, root / "source" / "tiny" / "tiny.ipynb")
+
+
+def test_a_template_gradebook_is_kept_until_its_source_changes(tmp_path, monkeypatch):
+    """Is the template made by nbgrader once, read back from course/template-gradebooks/ while
+    the source is the same (nbgrader not run), and made anew, replacing the old one, when a
+    source file changes?"""
+    import course.pipeline
+    from course.merge import TEMPLATE_FOLDER, template_digest, template_gradebook
+
+    root = tmp_path / "course-root"
+    _tiny_assignment(root)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    first = template_gradebook(root, "tiny")
+    kept = root / "course" / TEMPLATE_FOLDER
+    assert [p.name for p in kept.iterdir()] == [f"tiny-{template_digest(root, 'tiny')}.db"]
+    (tmp_path / "first.db").write_bytes(first)
+    with Gradebook(f"sqlite:///{tmp_path / 'first.db'}") as gb:
+        assert [n.name for n in gb.find_assignment("tiny").notebooks] == ["tiny"]
+    runs = []
+    real = course.pipeline.nbgrader
+    monkeypatch.setattr(course.pipeline, "nbgrader", lambda *a, **k: (runs.append(a), real(*a, **k)))
+    assert template_gradebook(root, "tiny") == first and runs == []
+    _tiny_assignment(root, answer="x = 1  # changed")
+    again = template_gradebook(root, "tiny")
+    assert len(runs) == 1 and again != first
+    assert [p.name for p in kept.iterdir()] == [f"tiny-{template_digest(root, 'tiny')}.db"]
