@@ -12,14 +12,13 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.distributions as td
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..discrete.codes import code_kind, code_mode
 from ..utils import evaluating, index, one_of, positive_int, read_only
 from .geometry import z_name
-from .render import MARKER_COLOUR, STATIC_DPI, labelled_strip, png_bytes, to_uint8
+from .render import STATIC_DPI, labelled_strip, png_bytes, to_uint8
 from .ui import header, ipywidgets
 from .view import MODES, ImagesLike, LatentView
 
