@@ -6,9 +6,12 @@ For each notebook it prints the wall time of the submission and its parts: the s
 (imports), the data cell, the given cells (training, figures), the judges (each graded cell:
 the requests to the kernel and the comparison here) and the rest (laying out the scratch
 course, nbgrader's own work, starting and stopping the kernel), then the slowest cells.
-Run it on an idle machine; the first submission also pays for starting nbgrader's fork server.
+Run it on an idle machine. Before the clock starts, the first assignment is graded once
+(untimed, its figure printed apart): that starts nbgrader's fork server and the warm kernel
+server, which a worker does once. ``--cold-kernels`` starts every kernel in a bwrap of its own,
+as before warm kernels.
 
-    python benchmarks/grading_profile.py [--assignments vae_basics ...] [--top 5]
+    python benchmarks/grading_profile.py [--assignments vae_basics ...] [--top 5] [--cold-kernels]
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from course.grade import read_submission, _source_files  # noqa: E402
 from course.handout import student_package  # noqa: E402
 from course.judges import JUDGED  # noqa: E402
 from course.merge import template_gradebook  # noqa: E402
-from course.submission import Job, grade_submission  # noqa: E402
+from course.submission import Job, Limits, grade_submission  # noqa: E402
 
 
 def _seconds(timing: dict, start: str, end: str) -> float | None:
@@ -58,19 +61,28 @@ def cell_times(notebook) -> list:
     return rows
 
 
-def profile(assignments: list, top: int = 5) -> dict:
+def profile(assignments: list, top: int = 5, warm: bool = True) -> dict:
     """Grade a reference solution of each assignment; print and return the parts, per notebook."""
     figures = {}
     with tempfile.TemporaryDirectory(prefix="dpm-profile-") as tmp:
         root = Path(tmp)
         student = make_course(root, assignments, 1)[0]
-        for a in assignments:
+
+        def job(a) -> Job:
             files, _ = read_submission(root / "course" / "submitted" / student / a["name"])
-            job = Job(a["name"], student, list(a["notebooks"]), _source_files(root, a["name"]),
-                      files, template_gradebook(root, a["name"]),
-                      package=student_package(a["name"]) if a["name"] in JUDGED else {})
+            return Job(a["name"], student, list(a["notebooks"]), _source_files(root, a["name"]),
+                       files, template_gradebook(root, a["name"]), Limits(warm=warm),
+                       package=student_package(a["name"]) if a["name"] in JUDGED else {})
+
+        start = time.perf_counter()
+        grade_submission(job(assignments[0]))
+        print(f"a worker's start-up, once (nbgrader's fork server"
+              f"{', the warm kernel server' if warm else ''}; {assignments[0]['name']} graded "
+              f"whole): {time.perf_counter() - start:.1f} s")
+        for a in assignments:
+            graded = job(a)
             start = time.perf_counter()
-            result = grade_submission(job)
+            result = grade_submission(graded)
             wall = time.perf_counter() - start
             points = sum(g[0] or 0 for g in result.grades.values() if g[3])
             most = sum(g[1] for g in result.grades.values() if g[3])
@@ -102,9 +114,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assignments", nargs="+", help="default: all of assignments.json")
     parser.add_argument("--top", type=int, default=5, help="slowest cells shown per notebook")
+    parser.add_argument("--cold-kernels", action="store_true",
+                        help="every kernel in a bwrap of its own (as before warm kernels)")
     args = parser.parse_args(argv)
     return profile([a for a in pipeline.load_assignments()
-                    if not args.assignments or a["name"] in args.assignments], args.top)
+                    if not args.assignments or a["name"] in args.assignments], args.top,
+                   warm=not args.cold_kernels)
 
 
 if __name__ == "__main__":  # the fork server of nbgrader runs imports this module again

@@ -1,14 +1,18 @@
-"""Students per hour: serial nbgrader against the sandboxed Dask grader (1 and 2 workers).
+"""Students per hour: serial nbgrader against the sandboxed Dask grader (1 and 2 workers),
+before and after warm kernels.
 
 One simulated class (half reference solutions, half untouched releases, of every
-assignment) is graded three times, each time in a fresh copy of the same course:
+assignment) is graded five times, each time in a fresh copy of the same course:
 
 1. plain ``nbgrader autograde``, one student after the other, no sandbox (as before);
-2. ``course.grade`` with a LocalCluster of 1 worker (sandbox, limits, merge included);
-3. ``course.grade`` with 2 workers.
+2. ``course.grade`` with a LocalCluster of 1 worker (sandbox, limits, merge included), each
+   kernel started cold in a bwrap of its own (``--cold-kernels``: before);
+3. the same with 2 workers;
+4. and 5. ``course.grade`` with 1 and 2 workers, kernels forked from each worker's warm
+   server (:mod:`course.warm`: after; each worker starts its server on its first notebook).
 
-The three runs follow each other in one process, so they meet the same machine; still, a
-figure taken while other work runs is worth little: run it on an idle machine.
+The runs follow each other in one process, so they meet the same machine; still, a figure
+taken while other work runs is worth little: run it on an idle machine.
 
 With ``--kept-templates`` the two ``course.grade`` runs find their template gradebooks kept
 from an earlier run (made before the clock starts), as a re-grade of the same assignments does.
@@ -29,8 +33,15 @@ from pathlib import Path
 from course import pipeline
 from course.grade import grade_class, scores
 from course.merge import template_gradebook
+from course.submission import Limits
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+#: (label, workers or None for serial nbgrader, warm kernels)
+PHASES = (("serial nbgrader", None, False),
+          ("course.grade, 1 worker, cold", 1, False), ("course.grade, 2 workers, cold", 2, False),
+          ("course.grade, 1 worker, warm", 1, True), ("course.grade, 2 workers, warm", 2, True))
 
 
 def make_course(folder: Path, assignments: list, students: int) -> list:
@@ -58,8 +69,7 @@ def main(argv=None) -> dict:
                    if not args.assignments or a["name"] in args.assignments]
     figures = {}
     with tempfile.TemporaryDirectory(prefix="dpm-bench-") as tmp:
-        for label, workers in (("serial nbgrader", None), ("course.grade, 1 worker", 1),
-                               ("course.grade, 2 workers", 2)):
+        for label, workers, warm in PHASES:
             course = Path(tmp) / label.replace(" ", "_").replace(",", "")
             students = make_course(course, assignments, args.students)
             if workers is not None and args.kept_templates:
@@ -71,13 +81,13 @@ def main(argv=None) -> dict:
                     pipeline.autograde(course, assignments, s)
                 points = None
             else:
-                results = grade_class(course, assignments, students, workers=workers,
-                                      progress=False)
+                results = grade_class(course, assignments, students, Limits(warm=warm),
+                                      workers=workers, progress=False)
                 points = sorted({scores(r) for r in results})
             wall = time.perf_counter() - start
             figures[label] = wall
             notebooks = args.students * sum(len(a["notebooks"]) for a in assignments)
-            print(f"{label:<26} {args.students} students x {len(assignments)} assignments: "
+            print(f"{label:<34} {args.students} students x {len(assignments)} assignments: "
                   f"{wall:7.1f} s, {wall / args.students:6.1f} s per student, "
                   f"{3600 * args.students / wall:6.0f} students/hour, "
                   f"{wall * (workers or 1) / notebooks:5.1f} worker-s per notebook"
@@ -87,12 +97,15 @@ def main(argv=None) -> dict:
                     took = [r.seconds / len(r.notebooks) for r in results
                             if r.student.endswith(kind) and r.notebooks]
                     if took:
-                        print(f"{'':26} {kind} notebooks: {sum(took) / len(took):5.1f} s each "
+                        print(f"{'':34} {kind} notebooks: {sum(took) / len(took):5.1f} s each "
                               f"on their worker (at most {max(took):.1f} s)", flush=True)
-    ratio = figures["course.grade, 1 worker"] / figures["course.grade, 2 workers"]
-    print(f"2 workers grade {ratio:.2f}x as many students per hour as 1 worker, "
-          f"{figures['serial nbgrader'] / figures['course.grade, 2 workers']:.2f}x as serial "
-          f"nbgrader ({os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f})")
+    for when in ("cold", "warm"):
+        one, two = figures[f"course.grade, 1 worker, {when}"], figures[f"course.grade, 2 workers, {when}"]
+        print(f"{when} kernels: 2 workers grade {one / two:.2f}x as many students per hour as "
+              f"1 worker, {figures['serial nbgrader'] / two:.2f}x as serial nbgrader")
+    print(f"warm against cold kernels: {figures['course.grade, 1 worker, cold'] / figures['course.grade, 1 worker, warm']:.2f}x "
+          f"at 1 worker, {figures['course.grade, 2 workers, cold'] / figures['course.grade, 2 workers, warm']:.2f}x "
+          f"at 2 ({os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f})")
     return figures
 
 

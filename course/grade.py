@@ -383,6 +383,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="run student code WITHOUT a sandbox, with your rights "
                              "(only where bubblewrap cannot run, and only for code you trust)")
+    parser.add_argument("--cold-kernels", action="store_true",
+                        help="start every kernel in a bwrap of its own instead of forking it "
+                             "from the worker's warm server (slower; the same sandbox)")
     parser.add_argument("--root", type=Path, default=REPO, help="course root (default: repo)")
     args = parser.parse_args(argv)
     known = {a["name"]: a for a in course_assignments(args.root)}
@@ -397,7 +400,7 @@ def main(argv: Optional[list] = None) -> int:
     limits = Limits(memory=args.memory, cell_timeout=args.cell_timeout,
                     notebook_timeout=args.notebook_timeout,
                     submission_timeout=args.submission_timeout,
-                    sandbox=not args.unsafe_no_sandbox)
+                    sandbox=not args.unsafe_no_sandbox, warm=not args.cold_kernels)
     try:
         results = grade_class(args.root, chosen, args.students, limits, args.workers,
                               args.scheduler)

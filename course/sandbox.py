@@ -324,6 +324,12 @@ class Sandbox:
             ``/dev/shm``).
         pids_cgroup: the submission's pids cgroup (the same folder as ``cgroup`` in cgroup
             v2), or None: no cap on processes.
+        warm: the control socket of a warm kernel server (:mod:`course.warm`) that the
+            launcher asks for the kernel, in namespaces and tmpfs of its own laid out as
+            here; a cold kernel (bwrap) when it cannot be reached. None: always cold.
+        warm_hidden: the warm server's own folder, which its kernels must not see.
+        warm_overlays: ``overlays`` for a warm kernel (the student build, written in the warm
+            server's folder).
 
     Raises:
         ValueError: when ``disk`` is not a positive number of bytes.
@@ -339,18 +345,25 @@ class Sandbox:
     disk: int = 2 ** 30
     pids_cgroup: Optional[Path] = None
     overlays: tuple = ()
+    warm: Optional[Path] = None
+    warm_hidden: Optional[Path] = None
+    warm_overlays: tuple = ()
 
     def __post_init__(self):
         if not isinstance(self.disk, int) or self.disk <= 0:
             raise ValueError(f"disk must be a positive number of bytes, got {self.disk!r}")
 
-    def bwrap_argv(self, command: Sequence[str], bwrap: str = "bwrap") -> list[str]:
-        """The ``bwrap`` command line that runs ``command`` inside this sandbox."""
+    def bwrap_argv(self, command: Sequence[str], bwrap: str = "bwrap",
+                   host_proc: bool = False) -> list[str]:
+        """The ``bwrap`` command line that runs ``command`` inside this sandbox (with
+        ``host_proc``, the machine's ``/proc`` instead of one of its own PID namespace: for a
+        warm kernel server only, see :mod:`course.warm`)."""
         size = ["--size", str(self.disk)]
+        proc = ["--bind", "/proc", "/proc"] if host_proc else ["--proc", "/proc"]
         # the private /tmp first: a bind made before it under /tmp (a virtualenv or a scratch
         # course in /tmp) would be hidden by it; /dev/shm would be part of /dev's own tmpfs,
         # which has no size
-        args = [bwrap, *_isolation_flags(), *size, "--tmpfs", "/tmp", "--proc", "/proc",
+        args = [bwrap, *_isolation_flags(), *size, "--tmpfs", "/tmp", *proc,
                 "--dev", "/dev", *size, "--tmpfs", "/dev/shm", *_system_binds(), *_gpu_binds()]
         for path in _distinct_folders(self.readonly):
             args += ["--ro-bind", str(path), str(path)]
@@ -376,7 +389,17 @@ class Sandbox:
             launcher += ["--cgroup", str(group)]
         if self.cgroup is None and self.memory:
             launcher += ["--address-space", str(self.memory)]
-        return [*launcher, "--copy-into", str(self.workdir), "--copy-limit", str(self.disk // 2)]
+        launcher += ["--copy-into", str(self.workdir), "--copy-limit", str(self.disk // 2)]
+        if self.warm is not None:
+            from course.warm import private_folders
+
+            launcher += ["--warm", str(self.warm), "--disk", str(self.disk),
+                         "--hidden", str(self.warm_hidden or self.warm.parent)]
+            for folder in private_folders():
+                launcher += ["--private", folder]
+            for folder, path in self.warm_overlays:
+                launcher += ["--warm-overlay", str(folder), str(path)]
+        return launcher
 
     def kernel_argv(self, bwrap: str = "bwrap") -> list[str]:
         """A kernelspec ``argv``: the launcher, then bwrap, then ``ipykernel_launcher``."""
@@ -441,19 +464,32 @@ def gib(n: int) -> str:
 
 def _copy_in(folder: Path, limit: int) -> list[str]:
     """bwrap options that copy the files under ``folder`` on disk into the tmpfs mounted at
-    the same path in the sandbox, their descriptors left open for bwrap (which closes them).
+    the same path in the sandbox, their descriptors left open for bwrap (which closes them)."""
+    dirs, files = _files_to_copy(folder, limit)
+    args = []
+    for path in dirs:
+        args += ["--dir", path]
+    for path, fd in files:
+        os.set_inheritable(fd, True)
+        args += ["--perms", "0644", "--file", str(fd), path]
+    return args
+
+
+def _files_to_copy(folder: Path, limit: int) -> tuple:
+    """``(folders, [(path, open descriptor)])``: what under ``folder`` on disk the kernel's
+    working directory starts with.
 
     Regular files only, each opened without following a link; nbgrader's ignored names and
     the notebooks are left out, and so is what would pass ``limit`` bytes or ``_MAX_COPIES``
     files (said on stderr, which nbgrader logs).
     """
-    args, used, count, left_out = [], 0, 0, []
-    for root, dirs, files in os.walk(folder):  # does not descend into links to folders
-        dirs[:] = sorted(d for d in dirs if not _not_copied(d)
-                         and not os.path.islink(os.path.join(root, d)))
+    dirs, files, used, left_out = [], [], 0, []
+    for root, subdirs, names in os.walk(folder):  # does not descend into links to folders
+        subdirs[:] = sorted(d for d in subdirs if not _not_copied(d)
+                            and not os.path.islink(os.path.join(root, d)))
         if root != str(folder):
-            args += ["--dir", root]
-        for name in sorted(f for f in files if not _not_copied(f)):
+            dirs.append(root)
+        for name in sorted(f for f in names if not _not_copied(f)):
             path = os.path.join(root, name)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -462,17 +498,16 @@ def _copy_in(folder: Path, limit: int) -> list[str]:
                 continue
             size = os.fstat(fd)
             if not stat.S_ISREG(size.st_mode) or used + size.st_size > limit \
-                    or count >= _MAX_COPIES:
+                    or len(files) >= _MAX_COPIES:
                 os.close(fd)
                 left_out.append(path)
                 continue
-            os.set_inheritable(fd, True)
-            used, count = used + size.st_size, count + 1
-            args += ["--perms", "0644", "--file", str(fd), path]
+            used += size.st_size
+            files.append((path, fd))
     if left_out:
         print(f"course.sandbox: not copied into the kernel's folder: {', '.join(left_out)}",
               file=sys.stderr)
-    return args
+    return dirs, files
 
 
 def _not_copied(name: str) -> bool:
@@ -489,11 +524,18 @@ def _launch(argv: list[str]) -> None:
     parser.add_argument("--copy-into", default="",
                         help="copy this folder's files into the bwrap tmpfs mounted over it")
     parser.add_argument("--copy-limit", type=int, default=2 ** 30)
+    parser.add_argument("--warm", default="", help="ask this warm kernel server first")
+    parser.add_argument("--disk", type=int, default=2 ** 30)
+    parser.add_argument("--private", action="append", default=[])
+    parser.add_argument("--hidden", default="")
+    parser.add_argument("--warm-overlay", nargs=2, action="append", default=[])
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to run")
+    if args.warm:
+        _launch_warm(args, command)  # returns only when no warm kernel could be had
     for group in args.cgroup:  # first, so that everything below is counted
         (group / "cgroup.procs").write_text(str(os.getpid()))
     if not args.cgroup and args.address_space:
@@ -506,6 +548,33 @@ def _launch(argv: list[str]) -> None:
                          f"`--tmpfs {args.copy_into}`")
         command[at:at] = _copy_in(Path(args.copy_into), args.copy_limit)
     os.execvp(command[0], command)
+
+
+def _launch_warm(args, command: list) -> None:
+    """Run the kernel of ``command`` (``... ipykernel_launcher ARGS``) as a warm kernel and exit
+    with its code; return (said on stderr) when the server cannot give one."""
+    from course.warm import WarmUnavailable, request_kernel
+
+    if "ipykernel_launcher" not in command:
+        return
+    argv = command[command.index("ipykernel_launcher") + 1:]
+    if "-f" not in argv[:-1]:
+        return
+    dirs, files = _files_to_copy(Path(args.copy_into), args.copy_limit)
+    workdir = os.path.join(args.copy_into, "")
+    request = {"argv": argv, "connection_file": argv[argv.index("-f") + 1],
+               "workdir": args.copy_into, "disk": args.disk, "private": args.private,
+               "hidden": [args.hidden], "address_space": 0 if args.cgroup else args.address_space,
+               "overlays": args.warm_overlay,
+               "dirs": [os.path.relpath(d, workdir) for d in dirs]}
+    try:
+        code = request_kernel(args.warm, request,
+                              [(os.path.relpath(p, workdir), fd) for p, fd in files],
+                              args.cgroup)
+    except WarmUnavailable as err:
+        print(f"course.sandbox: {err}; starting a cold kernel", file=sys.stderr)
+        return
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -527,6 +527,15 @@ def test_every_student_is_graded_and_recorded(graded_class):
 
 
 @needs_sandbox
+def test_the_class_was_graded_by_warm_kernels(graded_class):
+    """Was every kernel of the hostile class forked from its worker's warm server (so that
+    the tests below hold for warm kernels), none started cold for want of one?"""
+    for student, result in graded_class["results"].items():
+        for said in ("starting a cold kernel", "every kernel starts cold"):
+            assert said not in result.log, (student, result.log[-2000:])
+
+
+@needs_sandbox
 def test_honest_students_get_what_serial_nbgrader_gives(graded_class, tmp_path):
     """Do the reference, the release and a partial answer get exactly the per-cell scores of
     plain serial nbgrader on the same notebooks?"""
