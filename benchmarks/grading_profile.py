@@ -74,8 +74,9 @@ def profile(assignments: list, top: int = 5, warm: bool = True) -> dict:
                        files, template_gradebook(root, a["name"]), Limits(warm=warm),
                        package=student_package(a["name"]) if a["name"] in JUDGED else {})
 
+        first = job(assignments[0])
         start = time.perf_counter()
-        grade_submission(job(assignments[0]))
+        grade_submission(first)
         print(f"a worker's start-up, once (nbgrader's fork server"
               f"{', the warm kernel server' if warm else ''}; {assignments[0]['name']} graded "
               f"whole): {time.perf_counter() - start:.1f} s")
