@@ -8,10 +8,11 @@ the requests to the kernel and the comparison here) and the rest (laying out the
 course, nbgrader's own work, starting and stopping the kernel), then the slowest cells.
 Run it on an idle machine. Before the clock starts, the first assignment is graded once
 (untimed, its figure printed apart): that starts nbgrader's fork server and the warm kernel
-server, which a worker does once. ``--cold-kernels`` starts every kernel in a bwrap of its own,
-as before warm kernels.
+server, which a worker does once. ``--kernels cold warm`` grades each assignment twice, side by
+side: with every kernel in a bwrap of its own (cold, as before warm kernels), then warm.
 
-    python benchmarks/grading_profile.py [--assignments vae_basics ...] [--top 5] [--cold-kernels]
+    python benchmarks/grading_profile.py [--assignments vae_basics ...] [--top 5]
+        [--kernels cold warm]
 """
 
 from __future__ import annotations
@@ -61,53 +62,65 @@ def cell_times(notebook) -> list:
     return rows
 
 
-def profile(assignments: list, top: int = 5, warm: bool = True) -> dict:
-    """Grade a reference solution of each assignment; print and return the parts, per notebook."""
+def profile(assignments: list, top: int = 5, kinds=("warm",)) -> dict:
+    """Grade a reference solution of each assignment with each kind of kernel (``"cold"``,
+    ``"warm"``), side by side; print and return the parts, per notebook and kind."""
     figures = {}
     with tempfile.TemporaryDirectory(prefix="dpm-profile-") as tmp:
         root = Path(tmp)
         student = make_course(root, assignments, 1)[0]
 
-        def job(a) -> Job:
+        def job(a, kind: str) -> Job:
             files, _ = read_submission(root / "course" / "submitted" / student / a["name"])
             return Job(a["name"], student, list(a["notebooks"]), _source_files(root, a["name"]),
-                       files, template_gradebook(root, a["name"]), Limits(warm=warm),
+                       files, template_gradebook(root, a["name"]), Limits(warm=kind == "warm"),
                        package=student_package(a["name"]) if a["name"] in JUDGED else {})
 
-        first = job(assignments[0])
-        start = time.perf_counter()
-        grade_submission(first)
-        print(f"a worker's start-up, once (nbgrader's fork server"
-              f"{', the warm kernel server' if warm else ''}; {assignments[0]['name']} graded "
-              f"whole): {time.perf_counter() - start:.1f} s")
-        for a in assignments:
-            graded = job(a)
+        for kind in kinds:
+            first = job(assignments[0], kind)
             start = time.perf_counter()
-            result = grade_submission(graded)
-            wall = time.perf_counter() - start
-            points = sum(g[0] or 0 for g in result.grades.values() if g[3])
-            most = sum(g[1] for g in result.grades.values() if g[3])
-            for nb, data in result.notebooks.items():
-                book = nbformat.reads(data.decode(), as_version=4) if data else None
-                rows = cell_times(book) if book else []
-                # an error outside a graded cell: a given cell broke under grading
-                broken = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
-                          for c in (book.cells if book else []) if not c.get("metadata", {})
-                          .get("nbgrader", {}).get("grade") and any(
-                              o.get("output_type") == "error" for o in c.get("outputs", []))]
-                parts = {p: sum(r[0] for r in rows if r[1] == p)
-                         for p in ("setup", "data", "cells", "judges")}
-                parts["rest"] = wall - sum(parts.values())
-                figures[nb] = {"seconds": wall, **parts, "points": f"{points:g}/{most:g}",
-                               "broken": broken}
-                print(f"{nb:20s} {wall:5.1f} s  " + "  ".join(
-                    f"{p} {v:4.1f}" for p, v in parts.items()) + f"   ({points:g}/{most:g})"
-                      + (f"  errors in {broken}" if broken else ""))
-                for seconds, part, name in sorted(rows, reverse=True)[:top]:
-                    print(f"    {seconds:5.2f} s  {part:6s} {name}")
+            grade_submission(first)
+            print(f"a worker's start-up, once (nbgrader's fork server"
+                  f"{', the warm kernel server' if kind == 'warm' else ''}; "
+                  f"{assignments[0]['name']} graded whole, {kind} kernels): "
+                  f"{time.perf_counter() - start:.1f} s")
+        for a in assignments:
+            for kind in kinds:
+                graded = job(a, kind)
+                start = time.perf_counter()
+                result = grade_submission(graded)
+                figures.update(_report(result, time.perf_counter() - start, kind, top))
         shutil.rmtree(root, ignore_errors=True)
-    total = sum(f["seconds"] for f in figures.values())
-    print(f"all {len(figures)} notebooks: {total:.1f} s, at most {max(f['seconds'] for f in figures.values()):.1f} s each")
+    for kind in kinds:
+        took = [f["seconds"] for (_, k), f in figures.items() if k == kind]
+        print(f"{kind} kernels, all {len(took)} notebooks: {sum(took):.1f} s, at most "
+              f"{max(took):.1f} s each")
+    return figures
+
+
+def _report(result, wall: float, kind: str, top: int) -> dict:
+    """Print one graded submission's parts per notebook; ``{(notebook, kind): parts}``."""
+    figures = {}
+    points = sum(g[0] or 0 for g in result.grades.values() if g[3])
+    most = sum(g[1] for g in result.grades.values() if g[3])
+    for nb, data in result.notebooks.items():
+        book = nbformat.reads(data.decode(), as_version=4) if data else None
+        rows = cell_times(book) if book else []
+        # an error outside a graded cell: a given cell broke under grading
+        broken = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+                  for c in (book.cells if book else []) if not c.get("metadata", {})
+                  .get("nbgrader", {}).get("grade") and any(
+                      o.get("output_type") == "error" for o in c.get("outputs", []))]
+        parts = {p: sum(r[0] for r in rows if r[1] == p)
+                 for p in ("setup", "data", "cells", "judges")}
+        parts["rest"] = wall - sum(parts.values())
+        figures[nb, kind] = {"seconds": wall, **parts, "points": f"{points:g}/{most:g}",
+                             "broken": broken}
+        print(f"{nb:20s} {kind} {wall:5.1f} s  " + "  ".join(
+            f"{p} {v:4.1f}" for p, v in parts.items()) + f"   ({points:g}/{most:g})"
+              + (f"  errors in {broken}" if broken else ""))
+        for seconds, part, name in sorted(rows, reverse=True)[:top]:
+            print(f"    {seconds:5.2f} s  {part:6s} {name}")
     return figures
 
 
@@ -115,12 +128,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assignments", nargs="+", help="default: all of assignments.json")
     parser.add_argument("--top", type=int, default=5, help="slowest cells shown per notebook")
-    parser.add_argument("--cold-kernels", action="store_true",
-                        help="every kernel in a bwrap of its own (as before warm kernels)")
+    parser.add_argument("--kernels", nargs="+", choices=("cold", "warm"), default=["warm"],
+                        help="cold: each kernel in a bwrap of its own (as before warm kernels); "
+                             "both: each assignment graded cold, then warm")
     args = parser.parse_args(argv)
     return profile([a for a in pipeline.load_assignments()
                     if not args.assignments or a["name"] in args.assignments], args.top,
-                   warm=not args.cold_kernels)
+                   args.kernels)
 
 
 if __name__ == "__main__":  # the fork server of nbgrader runs imports this module again

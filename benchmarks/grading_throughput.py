@@ -99,13 +99,14 @@ def main(argv=None) -> dict:
                     if took:
                         print(f"{'':34} {kind} notebooks: {sum(took) / len(took):5.1f} s each "
                               f"on their worker (at most {max(took):.1f} s)", flush=True)
-    for when in ("cold", "warm"):
-        one, two = figures[f"course.grade, 1 worker, {when}"], figures[f"course.grade, 2 workers, {when}"]
-        print(f"{when} kernels: 2 workers grade {one / two:.2f}x as many students per hour as "
-              f"1 worker, {figures['serial nbgrader'] / two:.2f}x as serial nbgrader")
-    print(f"warm against cold kernels: {figures['course.grade, 1 worker, cold'] / figures['course.grade, 1 worker, warm']:.2f}x "
-          f"at 1 worker, {figures['course.grade, 2 workers, cold'] / figures['course.grade, 2 workers, warm']:.2f}x "
-          f"at 2 ({os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f})")
+    wall = {(workers, warm): figures[label] for label, workers, warm in PHASES}
+    for warm, when in ((False, "cold"), (True, "warm")):
+        print(f"{when} kernels: 2 workers grade {wall[1, warm] / wall[2, warm]:.2f}x as many "
+              f"students per hour as 1 worker, {wall[None, False] / wall[2, warm]:.2f}x as "
+              f"serial nbgrader")
+    print(f"warm against cold kernels: {wall[1, False] / wall[1, True]:.2f}x at 1 worker, "
+          f"{wall[2, False] / wall[2, True]:.2f}x at 2 ({os.cpu_count()} cores, load average "
+          f"now {os.getloadavg()[0]:.1f})")
     return figures
 
 

@@ -210,8 +210,8 @@ def request_kernel(control: str, request: dict, files: list, cgroups: list) -> i
     """Ask the server listening on ``control`` for a kernel; its exit code when it ends.
 
     ``request`` holds ``argv`` (ipykernel's arguments), ``connection_file``, ``workdir``,
-    ``disk``, ``private``, ``hidden``, ``overlays`` and ``dirs``; ``files`` is ``[(path relative to the
-    working directory, open descriptor)]``. The kernel is moved into each of ``cgroups``
+    ``disk``, ``private``, ``hidden``, ``overlays`` and ``dirs``; ``files`` is ``[(path
+    relative to the working directory, open descriptor)]``. The kernel is moved into each of ``cgroups``
     before it starts.
 
     Raises:

@@ -2,10 +2,11 @@
 
 A notebook's setup cell imports torch, matplotlib and ``dpm_core`` (about 2 s), and
 ipykernel starts in 0.6 s more: most of the grading time of a short notebook. The grader
-(``course.warm``) therefore starts, per worker, one server in bubblewrap, with the same read-only view and uid as a kernel's sandbox, that has
-imported torch, matplotlib, ipykernel and the probe, and asks it for one kernel per notebook. The server runs no student code;
-each kernel is a process forked from it that, before any student code runs, leaves for
-namespaces of its own:
+(``course.warm``) therefore starts, per worker, one server in bubblewrap, with the same
+read-only view and uid as a kernel's sandbox, that has imported torch, matplotlib, ipykernel
+and the probe, and asks it for one kernel per notebook. The server runs no student code; each
+kernel is a process forked from it that, before any student code runs, leaves for namespaces
+of its own:
 
 * a new user namespace (uid 65534 as before, every capability dropped before the kernel
   starts, ``no_new_privs``), with new mount, PID, IPC, network and UTS namespaces: the
@@ -340,7 +341,8 @@ def _loopback_up() -> None:
     import fcntl
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack("16sH", fcntl.ioctl(s, _SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
+        request = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | _IFF_UP))
 
 
