@@ -42,25 +42,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 from course import pipeline  # noqa: E402
 from course.grade import _parse_bytes, format_summary, grade_class, read_submission, scores  # noqa: E402
-from course.sandbox import SandboxUnavailable, Sandbox, check_sandbox  # noqa: E402
+from course.sandbox import SandboxUnavailable, Sandbox  # noqa: E402
 from course.submission import GRADING_NOTE, Limits  # noqa: E402
+from sandboxing import needs_sandbox, sandbox_reason  # noqa: E402
 
 ASSIGNMENT = next(a for a in pipeline.load_assignments() if a["name"] == "vae_basics")
 LIMITS = Limits(memory=int(1.5 * 2 ** 30), cell_timeout=20, notebook_timeout=150,
                 submission_timeout=400, disk=256 * 2 ** 20, processes=64)
 MARKER = "dpm-lingering-process-7c1e"
-
-
-def _sandbox_reason():
-    try:
-        check_sandbox()
-    except SandboxUnavailable as err:
-        return str(err)
-    return None
-
-
-needs_sandbox = pytest.mark.skipif(_sandbox_reason() is not None,
-                                   reason=f"no sandbox here: {_sandbox_reason()}")
 
 
 def _tree_digest(folder: Path) -> str:
@@ -467,8 +456,8 @@ while True:
 @pytest.fixture(scope="module")
 def graded_class(tmp_path_factory):
     """The simulated class graded in one run; the course folder and what it observed."""
-    if _sandbox_reason() is not None:
-        pytest.skip(f"no sandbox here: {_sandbox_reason()}")
+    if sandbox_reason() is not None:
+        pytest.skip(f"no sandbox here: {sandbox_reason()}")
     root = tmp_path_factory.mktemp("class")
     shutil.copytree(REPO / "source" / "vae_basics", root / "source" / "vae_basics")
     (root / "course").mkdir()

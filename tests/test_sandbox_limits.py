@@ -27,9 +27,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course.sandbox import KERNEL_NAME, MemoryCap, ProcessCap, Sandbox, SandboxUnavailable, \
-    check_sandbox, python_folders, write_kernelspec
+from course.sandbox import KERNEL_NAME, MemoryCap, ProcessCap, Sandbox, python_folders, \
+    write_kernelspec
 from course.submission import Job, Result, _check_notebooks, _lay_out, _nbgrader_error
+from sandboxing import needs_sandbox
 
 #: the size of each tmpfs in these tests, and what a program tries to write into each
 DISK = 8 * 2 ** 20
@@ -40,18 +41,6 @@ MEMORY = 192 * 2 ** 20
 MAX_FORKS = 100
 CHILD_SECONDS = 2
 RUN_TIMEOUT = 120
-
-
-def _sandbox_reason():
-    try:
-        check_sandbox()
-    except SandboxUnavailable as err:
-        return str(err)
-    return None
-
-
-needs_sandbox = pytest.mark.skipif(_sandbox_reason() is not None,
-                                   reason=f"no sandbox here: {_sandbox_reason()}")
 
 
 def _digest(path: Path) -> str:

@@ -16,24 +16,16 @@ from pathlib import Path
 import pytest
 
 from course import warm
-from course.sandbox import KERNEL_NAME, MemoryCap, ProcessCap, Sandbox, SandboxUnavailable, \
-    check_sandbox, python_folders, write_kernelspec
+from course.sandbox import KERNEL_NAME, MemoryCap, ProcessCap, Sandbox, python_folders, \
+    write_kernelspec
+from sandboxing import needs_sandbox
 
 DISK = 8 * 2 ** 20
 KERNEL_TIMEOUT = 60
 CHILD_SECONDS = 30
 
 
-def _sandbox_reason():
-    try:
-        check_sandbox()
-    except SandboxUnavailable as err:
-        return str(err)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_sandbox_reason() is not None,
-                                reason=f"no sandbox here: {_sandbox_reason()}")
+pytestmark = needs_sandbox
 
 ENV = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp",
        "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "IPYTHONDIR": "/tmp/ipython",
