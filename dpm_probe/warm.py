@@ -120,11 +120,14 @@ def serve(control: str, preload=PRELOAD) -> None:
             return  # the grader is gone
         if listener in readable:
             conn, _ = listener.accept()
+            fds: dict = {}
             try:
-                request, fds = _receive_request(conn)
+                request = _receive_request(conn, fds)
             except (OSError, ValueError) as err:
                 _send(conn, f"error: {err}".encode())
                 conn.close()
+                for fd in fds.values():
+                    os.close(fd)
                 continue
             if os.fork() == 0:
                 listener.close()
@@ -152,23 +155,24 @@ def _warm_up() -> None:
     plt.close(plt.figure())
 
 
-def _receive_request(conn: socket.socket) -> tuple:
-    """``(request, {name: fd})``: the JSON request and the descriptors it names, the files'
-    following in messages of their own."""
-    data, fds, _, _ = socket.recv_fds(conn, 2 ** 20, 3)
-    request = json.loads(data)
-    if len(fds) != 3:
+def _receive_request(conn: socket.socket, fds: dict) -> dict:
+    """The JSON request; the descriptors it names go into ``fds`` (``stdout``, ``stderr``,
+    ``hello``, then ``file:0``... from the messages that follow), as they arrive."""
+    data, first, _, _ = socket.recv_fds(conn, 2 ** 20, 3)
+    fds.update(zip(("stdout", "stderr", "hello"), first))
+    if len(first) != 3:
         raise ValueError("a request carries stdout, stderr and the kernel's socket")
-    named = dict(zip(("stdout", "stderr", "hello"), fds))
-    files = list(request.get("files", ()))
-    while len(files) > sum(1 for n in named if n.startswith("file:")):
+    request = json.loads(data)
+    count = len(request.get("files", ()))
+    received = 0
+    while received < count:
         _, more, _, _ = socket.recv_fds(conn, 16, FDS_PER_MESSAGE)
         if not more:
             raise ValueError("the request's files did not arrive")
-        start = sum(1 for n in named if n.startswith("file:"))
-        for offset, fd in enumerate(more):
-            named[f"file:{start + offset}"] = fd
-    return request, named
+        for fd in more:
+            fds[f"file:{received}"] = fd
+            received += 1
+    return request
 
 
 def _send(conn: socket.socket, data: bytes) -> None:
