@@ -430,27 +430,24 @@ def _run_autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCa
                    procs: Optional[ProcessCap], result: Result) -> None:
     """nbgrader autograde in the scratch course, bounded by the submission's time limit."""
     server, log = None, []
+    # what a kernel sees read-only: Python, dpm_core, dpm_probe and the data (its cache filled)
+    readonly = tuple(python_folders() + _prepare_data()) if job.limits.sandbox else ()
     if job.limits.sandbox and job.limits.warm:
         try:
-            server = server_for(_readonly_folders(), _kernel_env(job))
+            server = server_for(readonly, _kernel_env(job))
         except WarmUnavailable as err:
             log.append(f"course.submission: {err}; every kernel starts cold")
     sockets = server.submission_folder() if server is not None else scratch / "sockets"
     try:
-        _autograde(scratch, course, job, cap, procs, result, server, sockets, log)
+        _autograde(scratch, course, job, cap, procs, result, server, sockets, readonly, log)
     finally:
         if server is not None:
             shutil.rmtree(sockets, ignore_errors=True)
 
 
-def _readonly_folders() -> tuple:
-    """What a kernel sees read-only: Python, ``dpm_core``, ``dpm_probe`` and the data."""
-    return tuple(python_folders() + _prepare_data())
-
-
 def _autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap],
                procs: Optional[ProcessCap], result: Result, server: Optional[WarmServer],
-               sockets: Path, log: list) -> None:
+               sockets: Path, readonly: tuple, log: list) -> None:
     (scratch / "nbgrader_config.py").write_text(_config(scratch, course, job, cap, sockets))
     env = dict(os.environ, OMP_NUM_THREADS="1", JUPYTER_PATH=str(scratch / "jupyter"),
                JUPYTER_RUNTIME_DIR=str(scratch / "runtime"),
@@ -464,7 +461,7 @@ def _autograde(scratch: Path, course: Path, job: Job, cap: Optional[MemoryCap],
         workdir = course / "autograded" / job.student / job.assignment
         workdir.mkdir(parents=True)
         sandbox = Sandbox(workdir=workdir, runtime_dir=scratch / "runtime",
-                          sockets_dir=sockets, readonly=_readonly_folders(),
+                          sockets_dir=sockets, readonly=readonly,
                           overlays=_student_package(scratch, job),
                           memory=job.limits.memory, disk=job.limits.disk,
                           cgroup=cap.path if cap else None,
